@@ -1,0 +1,1 @@
+"""Serving tfbrain SavedModels: export layout, a local PredictionService server, a gRPC client."""

@@ -1,0 +1,1 @@
+"""Shared blocks used by more than one model family."""

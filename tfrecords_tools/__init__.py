@@ -1,0 +1,1 @@
+"""Streaming 4D NIfTI through sharded TFRecords and tf.data."""
