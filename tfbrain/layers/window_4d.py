@@ -1,0 +1,247 @@
+"""4D (D, H, W, T) window helpers and shifted-window self-attention.
+
+Shared by SwiFT and NeuroSTORM (both use the Video-Swin style 4D windowing of
+Transconnectome/SwiFT). Letters: B batch, D/H/W space, T frames, C channels,
+N tokens per window, nW windows per sample.
+
+Conventions that parity depends on:
+  * windows are enumerated D-, H-, W-, T-major and tokens inside a window in
+    (D, H, W, T) order, so a (B, D, H, W, T, C) grid becomes (B * nW, N, C);
+  * an axis no bigger than the window shrinks the window to the axis and
+    drops the shift on it (`effective_window_and_shift`);
+  * grids that are not window multiples are zero-padded at the end of each
+    axis, and the padded tokens are *not* masked (upstream behaviour);
+  * the shifted-window mask is additive, -100 between tokens from different
+    regions of the rolled grid, 0 otherwise.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+MASK_VALUE = -100.0
+
+
+def effective_window_and_shift(grid_size, window_size, shift_size):
+    """The shrink rule: an axis with size <= window uses the axis size and no shift.
+
+    Args:
+        grid_size, window_size, shift_size: 4-tuples of ints (D, H, W, T).
+
+    Returns:
+        (window, shift) 4-tuples of ints.
+    """
+    window, shift = list(window_size), list(shift_size)
+    for axis, size in enumerate(grid_size):
+        if size <= window_size[axis]:
+            window[axis] = size
+            shift[axis] = 0
+    return tuple(window), tuple(shift)
+
+
+def padded_grid_size(grid_size, window_size):
+    """Each axis rounded up to a multiple of its window."""
+    return tuple(-(-g // w) * w for g, w in zip(grid_size, window_size))
+
+
+def window_partition_4d(x, window_size):
+    """Cut a grid into non-overlapping windows.
+
+    Args:
+        x: `(B, D, H, W, T, C)` with each grid axis a multiple of its window.
+        window_size: 4-tuple (wd, wh, ww, wt).
+
+    Returns:
+        `(B * nW, wd * wh * ww * wt, C)`.
+    """
+    _, d, h, w, t, c = x.shape
+    wd, wh, ww, wt = window_size
+    # (B, D/wd, wd, H/wh, wh, W/ww, ww, T/wt, wt, C)
+    x = ops.reshape(x, (-1, d // wd, wd, h // wh, wh, w // ww, ww, t // wt, wt, c))
+    # (B, D/wd, H/wh, W/ww, T/wt, wd, wh, ww, wt, C)
+    x = ops.transpose(x, (0, 1, 3, 5, 7, 2, 4, 6, 8, 9))
+    return ops.reshape(x, (-1, wd * wh * ww * wt, c))
+
+
+def window_reverse_4d(windows, window_size, grid_size):
+    """Inverse of `window_partition_4d`.
+
+    Args:
+        windows: `(B * nW, N, C)`.
+        window_size: 4-tuple (wd, wh, ww, wt).
+        grid_size: 4-tuple (D, H, W, T) of the (padded) grid.
+
+    Returns:
+        `(B, D, H, W, T, C)`.
+    """
+    d, h, w, t = grid_size
+    wd, wh, ww, wt = window_size
+    c = windows.shape[-1]
+    x = ops.reshape(windows, (-1, d // wd, h // wh, w // ww, t // wt, wd, wh, ww, wt, c))
+    # (B, D/wd, wd, H/wh, wh, W/ww, ww, T/wt, wt, C)
+    x = ops.transpose(x, (0, 1, 5, 2, 6, 3, 7, 4, 8, 9))
+    return ops.reshape(x, (-1, d, h, w, t, c))
+
+
+def shifted_window_labels(padded_grid, window_size, shift_size):
+    """Region label of every token of every window after the cyclic roll.
+
+    Each token of the padded grid is labelled by the band it falls in on every
+    axis ([0, n-w), [n-w, n-s), [n-s, n); an unshifted axis has one band), so the
+    grid splits into up to 3^4 regions. Tokens with different labels that share a
+    window after the roll must not attend to each other. Labels are kept instead of
+    the (nW, N, N) mask itself, which for SwiFT's first stage would be 84 MB.
+
+    Returns:
+        int32 numpy array `(nW, N)`.
+    """
+    labels = np.zeros(padded_grid, np.int32)
+    for axis, (n, w, s) in enumerate(zip(padded_grid, window_size, shift_size)):
+        band = np.zeros(n, np.int32)
+        if s > 0:
+            band[n - w:n - s] = 1
+            band[n - s:] = 2
+        shape = [1, 1, 1, 1]
+        shape[axis] = n
+        labels = labels * 3 + band.reshape(shape)
+    # same enumeration as window_partition_4d, in numpy: (nW, N)
+    wd, wh, ww, wt = window_size
+    d, h, w, t = padded_grid
+    labels = labels.reshape(d // wd, wd, h // wh, wh, w // ww, ww, t // wt, wt)
+    labels = labels.transpose(0, 2, 4, 6, 1, 3, 5, 7)
+    return np.ascontiguousarray(labels.reshape(-1, wd * wh * ww * wt))
+
+
+def mask_from_labels(labels):
+    """`(nW, N)` region labels -> additive `(nW, N, N)` mask of 0 and -100 (float32)."""
+    differ = ops.not_equal(labels[:, :, None], labels[:, None, :])
+    return ops.where(differ, MASK_VALUE, 0.0)
+
+
+def windowed_apply(x, mixer, window_size, shift_size, mask=None):
+    """Pad, roll, cut into windows, mix tokens inside each window, and undo it all.
+
+    Args:
+        x: `(B, D, H, W, T, C)` normalised tokens.
+        mixer: callable `(B * nW, N, C), mask -> (B * nW, N, C)`.
+        window_size, shift_size: effective 4-tuples (after the shrink rule).
+        mask: additive `(nW, N, N)` mask, used only when some shift is non-zero.
+
+    Returns:
+        `(B, D, H, W, T, C)`.
+    """
+    grid = tuple(x.shape[1:5])
+    padded = padded_grid_size(grid, window_size)
+    pads = [p - g for p, g in zip(padded, grid)]
+    if any(pads):
+        # pad at the end of each axis with zeros; upstream does, and does not mask them
+        x = ops.pad(x, [[0, 0]] + [[0, p] for p in pads] + [[0, 0]])
+    shifted = any(s > 0 for s in shift_size)
+    if shifted:
+        x = ops.roll(x, shift=[-s for s in shift_size], axis=(1, 2, 3, 4))
+    windows = window_partition_4d(x, window_size)  # (B*nW, N, C)
+    windows = mixer(windows, mask if shifted else None)
+    x = window_reverse_4d(windows, window_size, padded)  # (B, D', H', W', T', C)
+    if shifted:
+        x = ops.roll(x, shift=list(shift_size), axis=(1, 2, 3, 4))
+    if any(pads):
+        x = x[:, :grid[0], :grid[1], :grid[2], :grid[3]]
+    return x
+
+
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drop the whole residual branch per sample during training.
+
+    Args:
+        rate: float. Probability of dropping a sample's branch.
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1). Received: rate={rate}")
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype))
+        return x / keep * mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+class WindowAttention4D(keras.layers.Layer):
+    """Multi-head self-attention inside 4D windows (no relative position bias).
+
+    Args:
+        hidden_dim: int. Token width C.
+        num_heads: int. Must divide `hidden_dim`.
+        qkv_bias: bool. Bias in the fused qkv projection.
+        attention_dropout_rate: float. Dropout on the attention weights.
+        dropout_rate: float. Dropout after the output projection.
+
+    Call arguments:
+        tokens: `(B * nW, N, C)`.
+        attention_mask: optional additive `(nW, N, N)` mask, broadcast over batch and heads.
+    """
+
+    def __init__(self, hidden_dim, num_heads, qkv_bias=True, attention_dropout_rate=0.0,
+                 dropout_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError("`hidden_dim` must be divisible by `num_heads`. "
+                             f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}")
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.attention_dropout_rate = attention_dropout_rate
+        self.dropout_rate = dropout_rate
+        self.head_dim = hidden_dim // num_heads
+        self.scale = self.head_dim ** -0.5
+
+    def build(self, tokens_shape):
+        self.qkv = keras.layers.Dense(3 * self.hidden_dim, use_bias=self.qkv_bias,
+                                      dtype=self.dtype_policy, name="qkv")
+        self.qkv.build(tokens_shape)
+        self.proj = keras.layers.Dense(self.hidden_dim, dtype=self.dtype_policy, name="proj")
+        self.proj.build(tokens_shape[:-1] + (self.hidden_dim,))
+        self.attention_dropout = keras.layers.Dropout(self.attention_dropout_rate,
+                                                      dtype=self.dtype_policy)
+        self.output_dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
+
+    def call(self, tokens, attention_mask=None, training=False):
+        num_tokens = tokens.shape[1]
+        qkv = ops.reshape(self.qkv(tokens), (-1, num_tokens, 3, self.num_heads, self.head_dim))
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B*nW, heads, N, head_dim)
+        query, key, value = qkv[0] * ops.cast(self.scale, qkv.dtype), qkv[1], qkv[2]
+        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # (B*nW, heads, N, N)
+        if attention_mask is not None:
+            num_windows = attention_mask.shape[0]
+            scores = ops.reshape(scores, (-1, num_windows, self.num_heads, num_tokens, num_tokens))
+            scores = scores + ops.cast(attention_mask, scores.dtype)[None, :, None]
+            scores = ops.reshape(scores, (-1, self.num_heads, num_tokens, num_tokens))
+        # softmax in float32 even under mixed precision: -100 masks need the range
+        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
+        weights = self.attention_dropout(weights, training=training)
+        out = ops.matmul(weights, value)  # (B*nW, heads, N, head_dim)
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, num_tokens, self.hidden_dim))
+        return self.output_dropout(self.proj(out), training=training)
+
+    def compute_output_shape(self, tokens_shape):
+        return tokens_shape
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads, "qkv_bias": self.qkv_bias,
+                "attention_dropout_rate": self.attention_dropout_rate,
+                "dropout_rate": self.dropout_rate}
+

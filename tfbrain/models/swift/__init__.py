@@ -1,0 +1,3 @@
+"""SwiFT: Swin 4D fMRI Transformer."""
+
+from tfbrain.models.swift.swift_backbone import SwiFTBackbone

@@ -1,0 +1,194 @@
+"""SwiFT: Swin 4D fMRI Transformer (Kim et al., NeurIPS 2023, arXiv 2307.05916).
+
+Upstream: github.com/Transconnectome/SwiFT @ 0b07cb1,
+`project/module/models/swin4d_transformer_ver7.py` (`SwinTransformer4D`).
+
+How this port differs from upstream:
+  * channels-last: input `(B, D, H, W, T, C)`, output `(B, D', H', W', T, C')`
+    (upstream is `(B, C, D, H, W, T)` in and out);
+  * the final LayerNorm that upstream builds but never applies is not built;
+  * the temporal position table length (`max_frames`) can exceed the input's T,
+    so a model trained on 20-frame windows can be rebuilt for shorter ones.
+
+Letters: B batch, D/H/W space, T frames, C channels.
+"""
+
+import keras
+import numpy as np
+
+from tfbrain.layers.patch_4d import PatchEmbed4D, PatchMerging4D, PositionEmbedding4D
+from tfbrain.models.backbone import Backbone
+from tfbrain.models.swift.swift_layers import SwinBlock4D
+
+
+def swift_stage_plan(volume_shape, patch_size, hidden_dim, depths, first_window_size,
+                     window_size, c_multiplier, last_layer_full_msa):
+    """Per-stage grid, width, window and shift, following upstream's rules.
+
+    Returns:
+        list of dicts with keys grid (D, H, W, T), hidden_dim, window, shift (the
+        configured shift of odd blocks), merge (bool).
+    """
+    grid = [volume_shape[0] // patch_size[0], volume_shape[1] // patch_size[1],
+            volume_shape[2] // patch_size[2], volume_shape[3]]
+    plan = []
+    num_stages = len(depths)
+    for i in range(num_stages):
+        last = i == num_stages - 1
+        if last and last_layer_full_msa:
+            # "full MSA": spatially the whole grid, time in fixed chunks, never shifted
+            window = (grid[0], grid[1], grid[2], window_size[3])
+            shift = (0, 0, 0, 0)
+        else:
+            window = tuple(first_window_size if i == 0 else window_size)
+            shift = tuple(w // 2 for w in window)
+        plan.append({"grid": tuple(grid), "hidden_dim": hidden_dim * c_multiplier ** i,
+                     "window": window, "shift": shift, "merge": not last})
+        if not last:
+            grid = [grid[0] // 2, grid[1] // 2, grid[2] // 2, grid[3]]
+    return plan
+
+
+@keras.saving.register_keras_serializable(package="tfbrain")
+class SwiFTBackbone(Backbone):
+    """The SwiFT 4D Swin transformer backbone.
+
+    Args:
+        volume_shape: 5-tuple (D, H, W, T, C_in) of the input windows.
+        patch_size: 4-tuple (pd, ph, pw, 1).
+        hidden_dim: int. Width of stage 0 (upstream `embed_dim`).
+        depths: tuple of ints. Blocks per stage.
+        num_heads: tuple of ints. Attention heads per stage.
+        first_window_size: 4-tuple. Window of stage 0.
+        window_size: 4-tuple. Window of the later stages.
+        c_multiplier: int. Width multiplier at each merge.
+        last_layer_full_msa: bool. Last stage attends over the whole spatial grid in
+            `window_size[3]`-frame chunks, unshifted.
+        mlp_ratio: float.
+        qkv_bias: bool.
+        dropout_rate, attention_dropout_rate, drop_path_rate: floats. Drop-path rises
+            linearly from 0 to `drop_path_rate` over all blocks.
+        max_frames: int or None. Length of the temporal position tables (default T).
+        dtype: dtype policy.
+
+    Call arguments:
+        fmri: `(B, D, H, W, T, C_in)`. Returns `(B, D', H', W', T, C')`.
+    """
+
+    def __init__(self, volume_shape=(96, 96, 96, 20, 1), patch_size=(6, 6, 6, 1),
+                 hidden_dim=36, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                 first_window_size=(4, 4, 4, 4), window_size=(4, 4, 4, 4), c_multiplier=2,
+                 last_layer_full_msa=True, mlp_ratio=4.0, qkv_bias=True, dropout_rate=0.0,
+                 attention_dropout_rate=0.0, drop_path_rate=0.0, max_frames=None, dtype=None,
+                 **kwargs):
+        volume_shape = tuple(int(v) for v in volume_shape)
+        patch_size, depths, num_heads = tuple(patch_size), tuple(depths), tuple(num_heads)
+        first_window_size, window_size = tuple(first_window_size), tuple(window_size)
+        max_frames = int(max_frames or volume_shape[3])
+        _validate(volume_shape, patch_size, depths, num_heads, max_frames)
+        plan = swift_stage_plan(volume_shape, patch_size, hidden_dim, depths, first_window_size,
+                                window_size, c_multiplier, last_layer_full_msa)
+        drop_path_rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+
+        # === Functional Model ===
+        fmri = keras.Input(shape=volume_shape, name="fmri")  # (B, D, H, W, T, C_in)
+        x = PatchEmbed4D(hidden_dim, patch_size, dtype=dtype, name="patch_embed")(fmri)
+        if dropout_rate:
+            x = keras.layers.Dropout(dropout_rate, dtype=dtype, name="pos_drop")(x)
+        block_index = 0
+        for i, stage in enumerate(plan):
+            x = PositionEmbedding4D(max_frames, dtype=dtype, name=f"pos_embed_{i}")(x)
+            for j in range(depths[i]):
+                x = SwinBlock4D(
+                    stage["hidden_dim"], num_heads[i], window_size=stage["window"],
+                    shift_size=stage["shift"] if j % 2 else (0, 0, 0, 0), mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias, dropout_rate=dropout_rate,
+                    attention_dropout_rate=attention_dropout_rate,
+                    drop_path_rate=drop_path_rates[block_index], dtype=dtype,
+                    name=f"stage_{i}_block_{j}")(x)
+                block_index += 1
+            if stage["merge"]:
+                x = PatchMerging4D(c_multiplier * stage["hidden_dim"], dtype=dtype,
+                                   name=f"stage_{i}_merge")(x)
+        super().__init__(inputs=fmri, outputs=x, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.volume_shape = volume_shape
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.depths = depths
+        self.num_heads = num_heads
+        self.first_window_size = first_window_size
+        self.window_size = window_size
+        self.c_multiplier = c_multiplier
+        self.last_layer_full_msa = last_layer_full_msa
+        self.mlp_ratio = mlp_ratio
+        self.qkv_bias = qkv_bias
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
+        self.drop_path_rate = drop_path_rate
+        self.max_frames = max_frames
+        self.output_dim = plan[-1]["hidden_dim"]
+        self.stage_plan = plan
+
+    def __call__(self, fmri, *args, **kwargs):
+        _check_input(fmri, self.volume_shape, self.max_frames)
+        return super().__call__(fmri, *args, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "volume_shape": self.volume_shape,
+                "patch_size": self.patch_size, "hidden_dim": self.hidden_dim,
+                "depths": self.depths, "num_heads": self.num_heads,
+                "first_window_size": self.first_window_size, "window_size": self.window_size,
+                "c_multiplier": self.c_multiplier,
+                "last_layer_full_msa": self.last_layer_full_msa, "mlp_ratio": self.mlp_ratio,
+                "qkv_bias": self.qkv_bias, "dropout_rate": self.dropout_rate,
+                "attention_dropout_rate": self.attention_dropout_rate,
+                "drop_path_rate": self.drop_path_rate, "max_frames": self.max_frames}
+
+
+def _validate(volume_shape, patch_size, depths, num_heads, max_frames):
+    if len(volume_shape) != 5:
+        raise ValueError("`volume_shape` must be (D, H, W, T, C_in). "
+                         f"Received: volume_shape={volume_shape}")
+    if len(depths) != len(num_heads):
+        raise ValueError("`depths` and `num_heads` need one entry per stage. "
+                         f"Received: depths={depths}, num_heads={num_heads}")
+    if len(patch_size) != 4:
+        raise ValueError(f"`patch_size` must be (pd, ph, pw, 1). Received: patch_size={patch_size}")
+    grid = [volume_shape[a] // patch_size[a] for a in range(3)]
+    for a in range(3):
+        if volume_shape[a] % patch_size[a]:
+            raise ValueError(f"volume_shape axis {a} ({volume_shape[a]}) must be a multiple of "
+                             f"patch_size ({patch_size[a]}). Received: volume_shape={volume_shape}, "
+                             f"patch_size={patch_size}")
+        if grid[a] % 2 ** (len(depths) - 1):
+            raise ValueError(f"The patch grid {tuple(grid)} must be divisible by 2 at each of the "
+                             f"{len(depths) - 1} merges. Received: volume_shape={volume_shape}, "
+                             f"patch_size={patch_size}, depths={depths}")
+    if volume_shape[3] > max_frames:
+        raise ValueError(f"volume_shape has T={volume_shape[3]} frames but max_frames={max_frames}; "
+                         "the temporal position table cannot cover longer windows.")
+
+
+def _check_input(fmri, volume_shape, max_frames):
+    """Clear errors for the usual mistakes, before Keras' generic input check."""
+    shape = getattr(fmri, "shape", None)
+    if shape is None:
+        return
+    expected = f"(batch, {', '.join(str(v) for v in volume_shape)})"
+    if len(shape) != 6:
+        raise ValueError(f"SwiFTBackbone expects fmri windows of shape {expected} "
+                         f"(B, D, H, W, T, C), channels-last; received rank {len(shape)} "
+                         f"shape {tuple(shape)}")
+    if tuple(shape[1:4]) != volume_shape[:3] or shape[5] != volume_shape[4]:
+        raise ValueError(f"SwiFTBackbone expects fmri windows of shape {expected}; received "
+                         f"{tuple(shape)}. The spatial size is fixed by the position tables.")
+    if shape[4] is not None and shape[4] > max_frames:
+        raise ValueError(f"SwiFTBackbone expects at most {max_frames} frames, shape {expected}; "
+                         f"received T={shape[4]} in {tuple(shape)}")
+    if shape[4] is not None and shape[4] != volume_shape[3]:
+        raise ValueError(f"SwiFTBackbone was built for T={volume_shape[3]} frames {expected}; "
+                         f"received T={shape[4]}. For shorter windows rebuild it with "
+                         f"volume_shape T={shape[4]} and max_frames={max_frames}, then load the "
+                         "same weights.")
