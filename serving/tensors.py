@@ -1,0 +1,94 @@
+"""TensorProto <-> numpy without going through `tf.make_tensor_proto` / `tf.make_ndarray`.
+
+Both ends move full windows (67.5 MB in float32), so the hot path is one `tobytes()` into
+`tensor_content` and one `np.frombuffer` out of it. Repeated-value fields (`float_val`,
+`half_val`, ..., which the REST bridge and some clients send) are decoded too.
+"""
+
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+NUMPY_BY_DTYPE = {
+    types_pb2.DT_FLOAT: np.dtype("float32"),
+    types_pb2.DT_HALF: np.dtype("float16"),
+    types_pb2.DT_DOUBLE: np.dtype("float64"),
+    types_pb2.DT_INT32: np.dtype("int32"),
+    types_pb2.DT_INT64: np.dtype("int64"),
+    types_pb2.DT_INT16: np.dtype("int16"),
+    types_pb2.DT_INT8: np.dtype("int8"),
+    types_pb2.DT_UINT8: np.dtype("uint8"),
+    types_pb2.DT_BOOL: np.dtype("bool"),
+}
+DTYPE_BY_NUMPY = {v: k for k, v in NUMPY_BY_DTYPE.items()}
+# Which repeated field carries the values when tensor_content is empty.
+_VALUE_FIELD = {
+    types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_HALF: "half_val", types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val",
+    types_pb2.DT_INT8: "int_val", types_pb2.DT_UINT8: "int_val", types_pb2.DT_INT64: "int64_val",
+    types_pb2.DT_BOOL: "bool_val",
+}
+
+
+class TensorDecodeError(ValueError):
+    """The TensorProto's values do not match its own dtype and shape."""
+
+
+def dtype_name(dtype_enum: int) -> str:
+    """'float32 (DT_FLOAT)' for a DataType enum value."""
+    proto_name = types_pb2.DataType.Name(dtype_enum) if dtype_enum in types_pb2.DataType.values() \
+        else f"DataType({dtype_enum})"
+    numpy_dtype = NUMPY_BY_DTYPE.get(dtype_enum)
+    return f"{numpy_dtype} ({proto_name})" if numpy_dtype is not None else proto_name
+
+
+def proto_shape(proto: tensor_pb2.TensorProto) -> tuple[int, ...] | None:
+    """The shape a TensorProto declares, or None for unknown rank."""
+    if proto.tensor_shape.unknown_rank:
+        return None
+    return tuple(int(d.size) for d in proto.tensor_shape.dim)
+
+
+def ndarray_to_tensor_proto(array) -> tensor_pb2.TensorProto:
+    """Pack a numpy array as a TensorProto with raw little-endian `tensor_content`."""
+    array = np.asarray(array)
+    dtype = array.dtype.newbyteorder("=") if array.dtype.byteorder == ">" else array.dtype
+    if dtype not in DTYPE_BY_NUMPY:
+        raise TypeError(f"Unsupported array dtype for a TensorProto. Received: {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
+    return tensor_pb2.TensorProto(
+        dtype=DTYPE_BY_NUMPY[dtype],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(n)) for n in array.shape]),
+        tensor_content=array.tobytes())
+
+
+def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """Decode a TensorProto; raises TensorDecodeError when its contents disagree with it."""
+    dtype = NUMPY_BY_DTYPE.get(proto.dtype)
+    if dtype is None:
+        raise TensorDecodeError(f"unsupported dtype {dtype_name(proto.dtype)}")
+    shape = proto_shape(proto)
+    if shape is None:
+        raise TensorDecodeError("tensor_shape has unknown rank")
+    if any(n < 0 for n in shape):
+        raise TensorDecodeError(f"tensor_shape has a negative dimension: {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if proto.tensor_content:
+        expected = count * dtype.itemsize
+        if len(proto.tensor_content) != expected:
+            raise TensorDecodeError(f"tensor_content holds {len(proto.tensor_content)} bytes but "
+                                    f"shape {list(shape)} of {dtype} needs {expected}")
+        return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).reshape(shape)
+    values = getattr(proto, _VALUE_FIELD[proto.dtype])
+    if proto.dtype == types_pb2.DT_HALF:
+        flat = np.asarray(values, dtype=np.int32).astype(np.uint16).view(np.float16)
+    else:
+        flat = np.asarray(values, dtype=dtype)
+    if flat.size == count:
+        return flat.reshape(shape)
+    # TensorFlow's rule: fewer values than elements repeat the last one (none: zeros).
+    if flat.size < count:
+        fill = flat[-1] if flat.size else dtype.type(0)
+        return np.concatenate([flat, np.full(count - flat.size, fill, dtype)]).reshape(shape)
+    raise TensorDecodeError(f"{_VALUE_FIELD[proto.dtype]} holds {flat.size} values but shape "
+                            f"{list(shape)} has {count} elements")

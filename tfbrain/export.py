@@ -1,0 +1,412 @@
+"""Export a task model (or a bare backbone) as a SavedModel that TF-Serving can load.
+
+Layout written (the one `tensorflow_model_server` watches):
+
+    MODEL_BASE/
+      models.config                 ModelServerConfig text proto, one entry per exported name
+      batching_parameters.txt       BatchingParameters text proto (written once, then left alone)
+      NAME/
+        VERSION/                    integer folder, written to a hidden temp folder then renamed
+          saved_model.pb  variables/  fingerprint.pb
+          assets.extra/
+            tf_serving_warmup_requests   one PredictionLog per signature (TFRecord)
+            tfbrain_export.json          signatures, task, source and versions
+
+Signatures (each takes one input named "fmri", shape (-1, D, H, W, T, C), dynamic batch):
+
+    serving_default        float32 in; the task head's outputs
+    serving_default_fp16   float16 in (half the gRPC payload), cast to float32 inside
+    embed                  float32 in; {"embedding": mean of the backbone tokens, (B, C')}
+    embed_fp16             float16 in
+
+TF-Serving signatures have one fixed dtype per input, so the float16 payload gets its own
+signature with the `_fp16` suffix rather than a dtype-polymorphic input.
+
+Outputs of `serving_default` by task type: classification {"logits", "probabilities"}
+(sigmoid for one class, softmax otherwise), regression {"prediction"}, contrastive
+{"embedding"}; a bare backbone (no head) serves its pooled embedding.
+
+Every function is traced with `jit_compile=False`: TF-Serving refuses functions marked
+`_XlaMustCompile` unless started with an experimental flag, so `export_model` checks the
+written graph and refuses to publish one that carries the mark, or a Python-only op.
+Letters: B batch, D/H/W space, T frames, C channels.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfbrain.version import __version__
+
+INPUT_NAME = "fmri"
+FP16_SUFFIX = "_fp16"
+DEFAULT_SIGNATURE = "serving_default"
+EMBED_SIGNATURE = "embed"
+WARMUP_FILE = "tf_serving_warmup_requests"
+EXPORT_METADATA_FILE = "tfbrain_export.json"
+MODELS_CONFIG_FILE = "models.config"
+BATCHING_FILE = "batching_parameters.txt"
+TASK_TYPES = ("classification", "regression", "contrastive", "embedding")
+# Op types that call back into Python: a model server has no interpreter to run them.
+PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+# Defaults for TF-Serving's batching: full windows are 67.5 MB each in float32, so keep
+# batches small and the wait short; tune per GPU (see docs/serving.md).
+DEFAULT_BATCHING = {"max_batch_size": 4, "batch_timeout_micros": 5000,
+                    "max_enqueued_batches": 32, "num_batch_threads": 2}
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported in a form TF-Serving will load."""
+
+
+# ------------------------------------------------------------------------------------
+# Loading what to export
+# ------------------------------------------------------------------------------------
+
+def load_model_for_export(source) -> tuple[keras.Model, dict]:
+    """Load a preset folder or name (a training checkpoint is one) or a `.keras` file.
+
+    Returns the model and the preset's metadata ({} for a `.keras` file).
+    """
+    path = pathlib.Path(str(source)).expanduser()
+    if path.suffix == ".keras" and path.is_file():
+        import tfbrain.models  # noqa: F401  registers the classes a .keras file names
+        return keras.saving.load_model(str(path), compile=False), {}
+    from tfbrain.presets import load_preset, load_preset_metadata
+    return load_preset(source), load_preset_metadata(source)
+
+
+# ------------------------------------------------------------------------------------
+# Versions
+# ------------------------------------------------------------------------------------
+
+def list_versions(model_dir) -> list[int]:
+    """Integer version folders under `model_dir`, ascending (what TF-Serving would see)."""
+    model_dir = pathlib.Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(model_dir) -> int:
+    versions = list_versions(model_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+# ------------------------------------------------------------------------------------
+# Serving functions
+# ------------------------------------------------------------------------------------
+
+def infer_task_type(model: keras.Model, metadata: dict | None = None) -> str:
+    """The model's `.task_type`, else metadata["task"]["type"], else from its output keys."""
+    task_type = getattr(model, "task_type", None) or (metadata or {}).get("task", {}).get("type")
+    if task_type is None:
+        output = model.output
+        if isinstance(output, dict):
+            for key, kind in (("logits", "classification"), ("prediction", "regression"),
+                              ("embedding", "contrastive")):
+                if key in output:
+                    task_type = kind
+                    break
+        else:
+            task_type = "embedding"  # a bare backbone: serve its pooled tokens
+    if task_type not in TASK_TYPES:
+        raise ExportError(f"Unknown task type. Expected one of {TASK_TYPES}. "
+                          f"Received: task_type={task_type!r}")
+    return task_type
+
+
+def input_spec(model: keras.Model) -> tuple[int, ...]:
+    """(D, H, W, T, C) of the model's single "fmri" input; checks the contract."""
+    if len(model.inputs) != 1:
+        raise ExportError(f"Expected a model with one input named {INPUT_NAME!r}. "
+                          f"Received: {len(model.inputs)} inputs")
+    tensor = model.inputs[0]
+    name = tensor.name.split(":")[0]
+    if name != INPUT_NAME:
+        raise ExportError(f"Expected the model input to be named {INPUT_NAME!r}. Received: {name!r}")
+    window_shape = tuple(tensor.shape[1:])
+    if any(d is None for d in window_shape):
+        raise ExportError("Every non-batch input dimension must be known to export a serving "
+                          f"signature. Received: input shape {tuple(tensor.shape)}")
+    return tuple(int(d) for d in window_shape)
+
+
+def _pool_tokens(tokens):
+    """Mean over every axis between batch and channels: (B, ..., C) -> (B, C)."""
+    tokens = tf.cast(tokens, tf.float32)
+    return tf.reduce_mean(tokens, axis=list(range(1, len(tokens.shape) - 1)))
+
+
+def _head_outputs(model: keras.Model, task_type: str, fmri) -> dict:
+    if task_type == "embedding":
+        return {"embedding": _pool_tokens(model(fmri, training=False))}
+    outputs = model(fmri, training=False)
+    if not isinstance(outputs, dict):
+        raise ExportError(f"A {task_type} model must return a dict. Received: {type(outputs).__name__}")
+    outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+    if task_type == "classification":
+        logits = outputs["logits"]  # (B, K)
+        probabilities = tf.sigmoid(logits) if logits.shape[-1] == 1 else tf.nn.softmax(logits, axis=-1)
+        return {"logits": logits, "probabilities": probabilities}
+    if task_type == "regression":
+        return {"prediction": outputs["prediction"]}
+    return {"embedding": outputs["embedding"]}
+
+
+def build_serving_functions(model: keras.Model, task_type: str) -> dict[str, tf.types.experimental.GenericFunction]:
+    """One traced, non-jit `tf.function` per signature name."""
+    window_shape = input_spec(model)
+    backbone = getattr(model, "backbone", None) if task_type != "embedding" else model
+
+    def head(fmri):
+        return _head_outputs(model, task_type, tf.cast(fmri, tf.float32))
+
+    def embed(fmri):
+        return {"embedding": _pool_tokens(backbone(tf.cast(fmri, tf.float32), training=False))}
+
+    bodies = {DEFAULT_SIGNATURE: head}
+    if backbone is not None:
+        bodies[EMBED_SIGNATURE] = embed
+    functions = {}
+    for name, body in bodies.items():
+        for suffix, dtype in (("", tf.float32), (FP16_SUFFIX, tf.float16)):
+            spec = tf.TensorSpec((None,) + window_shape, dtype, name=INPUT_NAME)
+            # jit_compile=False, not None: Keras/TF "auto" turns XLA on for GPU exports.
+            fn = tf.function(body, input_signature=[spec], jit_compile=False, autograph=False)
+            fn.get_concrete_function()  # trace now so ExportArchive takes it as is
+            functions[name + suffix] = fn
+    return functions
+
+
+# ------------------------------------------------------------------------------------
+# Graph checks
+# ------------------------------------------------------------------------------------
+
+def _read_saved_model_proto(saved_model_dir):
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((pathlib.Path(saved_model_dir) / "saved_model.pb").read_bytes())
+    return proto
+
+
+def find_must_compile_functions(saved_model_dir) -> list[str]:
+    """Names of functions (or call nodes) in the SavedModel marked `_XlaMustCompile=true`."""
+    found = []
+    for meta_graph in _read_saved_model_proto(saved_model_dir).meta_graphs:
+        library = meta_graph.graph_def.library
+        for function in library.function:
+            if function.attr["_XlaMustCompile"].b:
+                found.append(function.signature.name)
+            for node in function.node_def:
+                if node.attr["_XlaMustCompile"].b:
+                    found.append(f"{function.signature.name}/{node.name}")
+        for node in meta_graph.graph_def.node:
+            if node.attr["_XlaMustCompile"].b:
+                found.append(node.name)
+    return found
+
+
+def find_python_ops(saved_model_dir) -> list[str]:
+    """Nodes whose op calls back into Python (py_function, numpy_function)."""
+    found = []
+    for meta_graph in _read_saved_model_proto(saved_model_dir).meta_graphs:
+        for function in meta_graph.graph_def.library.function:
+            found += [f"{function.signature.name}/{n.name} ({n.op})"
+                      for n in function.node_def if n.op in PYTHON_OPS]
+        found += [f"{n.name} ({n.op})" for n in meta_graph.graph_def.node if n.op in PYTHON_OPS]
+    return found
+
+
+def check_servable(saved_model_dir) -> None:
+    """Raise ExportError if TF-Serving would refuse or fail to run this SavedModel."""
+    must_compile = find_must_compile_functions(saved_model_dir)
+    if must_compile:
+        raise ExportError(
+            "The serving graph has functions marked _XlaMustCompile, which TF-Serving rejects "
+            "without its experimental XLA flag: " + ", ".join(must_compile[:10]) +
+            ". Build the model with jit_compile=False (or its non-XLA code path) before export.")
+    python_ops = find_python_ops(saved_model_dir)
+    if python_ops:
+        raise ExportError("The serving graph calls Python, which a model server cannot run: "
+                          + ", ".join(python_ops[:10]))
+
+
+# ------------------------------------------------------------------------------------
+# TF-Serving side files
+# ------------------------------------------------------------------------------------
+
+def _warmup_window(window_shape, dtype) -> np.ndarray:
+    # A real-looking window (standard-normal, fixed seed), batch of one.
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((1,) + tuple(window_shape), dtype=np.float32).astype(dtype)
+
+
+def write_warmup_requests(path, model_name: str, signatures: dict) -> int:
+    """Write one PredictionLog per signature to the TFRecord `path`; returns the count."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature_name, fn in signatures.items():
+            spec = fn.input_signature[0]
+            window = _warmup_window(spec.shape[1:], spec.dtype.as_numpy_dtype)
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name))
+            request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(window))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return len(signatures)
+
+
+def update_models_config(model_base, model_name: str, container_base: str = "/models",
+                         num_versions: int = 1) -> pathlib.Path:
+    """Add or replace `model_name` in MODEL_BASE/models.config (ModelServerConfig text).
+
+    `base_path` is where the server sees the model: `container_base/model_name`, which
+    matches the bind mounts in serving/deploy/.
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    path = pathlib.Path(model_base) / MODELS_CONFIG_FILE
+    config = model_server_config_pb2.ModelServerConfig()
+    if path.exists():
+        text_format.Parse(path.read_text(), config)
+    entries = config.model_config_list.config
+    kept = [c for c in entries if c.name != model_name]
+    del entries[:]
+    entries.extend(kept)
+    entry = entries.add()
+    entry.name = model_name
+    entry.base_path = f"{container_base.rstrip('/')}/{model_name}"
+    entry.model_platform = "tensorflow"
+    entry.model_version_policy.latest.num_versions = num_versions
+    _write_atomic(path, text_format.MessageToString(config))
+    return path
+
+
+def batching_parameters_text(max_batch_size: int = 4, batch_timeout_micros: int = 5000,
+                             max_enqueued_batches: int = 32, num_batch_threads: int = 2) -> str:
+    """BatchingParameters text proto for `--batching_parameters_file`."""
+    return (f"max_batch_size {{ value: {max_batch_size} }}\n"
+            f"batch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
+            f"max_enqueued_batches {{ value: {max_enqueued_batches} }}\n"
+            f"num_batch_threads {{ value: {num_batch_threads} }}\n"
+            "pad_variable_length_inputs: false\n")
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------
+# Export
+# ------------------------------------------------------------------------------------
+
+def _signature_summary(functions: dict) -> dict:
+    summary = {}
+    for name, fn in functions.items():
+        concrete = fn.get_concrete_function()
+        spec = fn.input_signature[0]
+        summary[name] = {
+            "inputs": {INPUT_NAME: {"dtype": spec.dtype.name, "shape": [-1] + list(spec.shape[1:])}},
+            "outputs": {k: {"dtype": v.dtype.name, "shape": [-1] + list(v.shape[1:])}
+                        for k, v in concrete.structured_outputs.items()},
+        }
+    return summary
+
+
+def export_model(model: keras.Model, model_base, model_name: str, version: int | None = None, *,
+                 metadata: dict | None = None, source: str | None = None, warmup: bool = True,
+                 write_server_config: bool = True, container_base: str = "/models",
+                 overwrite: bool = False) -> pathlib.Path:
+    """Export `model` to MODEL_BASE/MODEL_NAME/VERSION and return that folder.
+
+    Args:
+        model: a task model (dict outputs, `.backbone`, `.task_type`) or a bare backbone;
+            one input named "fmri" of shape (B, D, H, W, T, C).
+        model_base: the folder TF-Serving's model config points into.
+        model_name: the name clients put in `ModelSpec.name`.
+        version: integer version; the next free one by default.
+        metadata: the preset's metadata.json (for the task type and provenance).
+        source: where the model came from, recorded in assets.extra.
+        warmup: write `assets.extra/tf_serving_warmup_requests`.
+        write_server_config: add the model to MODEL_BASE/models.config and write
+            MODEL_BASE/batching_parameters.txt if it is missing.
+        container_base: the model base path as the server sees it (in models.config).
+        overwrite: replace an existing version folder instead of refusing.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name or ""):
+        raise ValueError("`model_name` must be letters, digits, '.', '_' or '-'. "
+                         f"Received: model_name={model_name!r}")
+    model_dir = pathlib.Path(model_base) / model_name
+    version = next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"`version` must be a positive integer. Received: version={version}")
+    target = model_dir / str(version)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) or another version")
+    task_type = infer_task_type(model, metadata)
+    functions = build_serving_functions(model, task_type)
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # A non-integer hidden name: a watching server ignores the folder until the rename.
+    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for name, fn in functions.items():
+            archive.add_endpoint(name=name, fn=fn)
+        archive.write_out(str(tmp_dir / "saved_model"), verbose=False)
+        staged = tmp_dir / "saved_model"
+        check_servable(staged)
+        extra = staged / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        if warmup:
+            write_warmup_requests(extra / WARMUP_FILE, model_name, functions)
+        info = {
+            "model_name": model_name,
+            "version": version,
+            "task": {**(metadata or {}).get("task", {}), "type": task_type},
+            "signatures": _signature_summary(functions),
+            "fp16_suffix": FP16_SUFFIX,
+            "source": source,
+            "class_name": keras.saving.get_registered_name(type(model)),
+            "tfbrain_version": __version__,
+            "tensorflow_version": tf.__version__,
+            "keras_version": keras.__version__,
+            "date_exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "preset_metadata": metadata or {},
+        }
+        (extra / EXPORT_METADATA_FILE).write_text(json.dumps(info, indent=2, default=str))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    if write_server_config:
+        update_models_config(model_base, model_name, container_base=container_base)
+        batching = pathlib.Path(model_base) / BATCHING_FILE
+        if not batching.exists():
+            _write_atomic(batching, batching_parameters_text(**DEFAULT_BATCHING))
+    return target
+
+
+def export_preset(source, model_base, model_name: str, version: int | None = None,
+                  **kwargs) -> pathlib.Path:
+    """Load a preset folder/name, training checkpoint folder or `.keras` file and export it."""
+    model, metadata = load_model_for_export(source)
+    return export_model(model, model_base, model_name, version, metadata=metadata,
+                        source=str(source), **kwargs)
