@@ -1,0 +1,340 @@
+"""Per-run preprocessing, as SwiFT does it, and its inverse.
+
+For one 4D NIfTI run (X, Y, Z, T): brain mask (given or derived) -> z-score over brain
+voxels across the whole run -> background filled with the brain minimum (or 0) ->
+optional trilinear resampling to `voxel_size` -> crop/pad to `target_shape` (default 96^3)
+-> storage dtype (float16 by default). Frames come out one at a time, so memory holds the
+raw run (in its file dtype, e.g. int16) plus one frame, not the float run.
+
+Index convention: stored grid voxel j holds resampled-grid voxel i = j - offsets. Without
+resampling the resampled grid is the original grid, so `to_original_space` is an exact shift.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from tfrecords_tools.errors import BadInputError
+
+MASK_METHODS = ("auto", "nonzero", "mean", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """How each run becomes frames on the stored grid.
+
+    Args:
+        target_shape: (D, H, W) of the stored grid, or None to keep the (resampled) shape.
+        voxel_size: resample to this voxel size in mm (trilinear, using the affine), or None.
+        mask_method: for runs without a mask file: `nonzero` (voxels nonzero in some frame,
+            SwiFT's rule for skull-stripped data), `mean` (temporal mean above
+            `mask_threshold` x its 98th percentile, for raw EPI), `auto` (`nonzero` when at
+            least 30% of voxels are zero in every frame, else `mean`), or `none` (all voxels).
+        mask_threshold: fraction used by `mean`.
+        normalization: `zscore` (mean/std over brain voxels of the whole run) or `none`.
+        background: `min` (brain minimum after normalisation, as SwiFT) or `zero`.
+        center_on: `brain` (centre the brain's bounding box in the target grid) or `array`.
+        dtype: storage dtype, `float16` or `float32`.
+        min_frames: runs with fewer frames are bad input (one window needs this many).
+    """
+
+    target_shape: Optional[tuple] = (96, 96, 96)
+    voxel_size: Optional[tuple] = None
+    mask_method: str = "auto"
+    mask_threshold: float = 0.2
+    normalization: str = "zscore"
+    background: str = "min"
+    center_on: str = "brain"
+    dtype: str = "float16"
+    min_frames: int = 20
+
+    def __post_init__(self):
+        if self.mask_method not in MASK_METHODS:
+            raise ValueError(f"`mask_method` must be one of {MASK_METHODS}. Received: {self.mask_method!r}")
+        if self.normalization not in ("zscore", "none"):
+            raise ValueError(f"`normalization` must be 'zscore' or 'none'. Received: {self.normalization!r}")
+        if self.background not in ("min", "zero"):
+            raise ValueError(f"`background` must be 'min' or 'zero'. Received: {self.background!r}")
+        if self.center_on not in ("brain", "array"):
+            raise ValueError(f"`center_on` must be 'brain' or 'array'. Received: {self.center_on!r}")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"`dtype` must be 'float16' or 'float32'. Received: {self.dtype!r}")
+        if self.target_shape is not None:
+            object.__setattr__(self, "target_shape", tuple(int(s) for s in self.target_shape))
+            if len(self.target_shape) != 3 or min(self.target_shape) < 1:
+                raise ValueError(f"`target_shape` must be 3 positive ints. Received: {self.target_shape}")
+        if self.voxel_size is not None:
+            object.__setattr__(self, "voxel_size", tuple(float(s) for s in self.voxel_size))
+        if self.min_frames < 1:
+            raise ValueError(f"`min_frames` must be >= 1. Received: {self.min_frames}")
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def load_nifti(path: str):
+    """(image, raw array in file dtype, slope, intercept); bad files raise BadInputError."""
+    import nibabel as nib
+
+    if not os.path.exists(path):
+        raise BadInputError(path, "file not found")
+    try:
+        img = nib.load(path)
+        proxy = img.dataobj
+        if hasattr(proxy, "get_unscaled"):
+            raw = np.asanyarray(proxy.get_unscaled())
+            slope, inter = proxy.slope, proxy.inter
+        else:
+            raw, slope, inter = np.asanyarray(proxy), 1.0, 0.0
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # gzip, zlib, EOF, header and size errors all mean "unreadable"
+        raise BadInputError(path, f"cannot read NIfTI: corrupt or truncated file "
+                                  f"({type(error).__name__}: {error})") from None
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    return img, raw, slope, inter
+
+
+def repetition_time(path: str, img) -> Optional[float]:
+    """TR in seconds: the BIDS sidecar's RepetitionTime, else the header's 4th zoom."""
+    sidecar = path[: -len(".nii.gz")] if path.endswith(".nii.gz") else os.path.splitext(path)[0]
+    if os.path.exists(sidecar + ".json"):
+        try:
+            with open(sidecar + ".json") as f:
+                tr = json.load(f).get("RepetitionTime")
+            if tr:
+                return float(tr)
+        except (OSError, ValueError):
+            pass
+    zooms = img.header.get_zooms()
+    if len(zooms) < 4 or not zooms[3]:
+        return None
+    unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else "sec"
+    return float(zooms[3]) / (1000.0 if unit == "msec" else 1e6 if unit == "usec" else 1.0)
+
+
+def _derive_mask(raw: np.ndarray, slope: float, inter: float, config: PreprocessConfig, path: str) -> np.ndarray:
+    spatial = raw.shape[:3]
+    if config.mask_method == "none":
+        return np.ones(spatial, bool)
+    nonzero = np.zeros(spatial, bool)
+    total = np.zeros(spatial, np.float64)
+    for t0 in range(0, raw.shape[3], 64):
+        chunk = raw[..., t0:t0 + 64]
+        nonzero |= np.any(chunk != 0, axis=3)
+        total += chunk.sum(axis=3, dtype=np.float64)
+    method = config.mask_method
+    if method == "auto":
+        method = "nonzero" if (~nonzero).mean() >= 0.3 else "mean"
+    if method == "nonzero":
+        mask = nonzero
+    else:
+        mean = np.abs(total / raw.shape[3] * slope + inter)
+        mask = nonzero & (mean > config.mask_threshold * np.percentile(mean, 98))
+    if not mask.any():
+        raise BadInputError(path, f"derived brain mask ({method}) is empty")
+    return mask
+
+
+def _load_mask(mask_path: str, spatial: tuple, run_path: str) -> np.ndarray:
+    _, mask, _, _ = load_nifti(mask_path)
+    if mask.ndim == 4 and mask.shape[3] == 1:
+        mask = mask[..., 0]
+    if mask.shape != spatial:
+        raise BadInputError(mask_path, f"mask shape mismatch: mask is {mask.shape}, run {run_path} "
+                                       f"has spatial shape {spatial}")
+    mask = mask > 0
+    if not mask.any():
+        raise BadInputError(mask_path, "mask is empty")
+    return mask
+
+
+class _LinearSampler:
+    """Trilinear sampling of a (X, Y, Z) array at fixed voxel coordinates (3, *out_shape)."""
+
+    def __init__(self, coords: np.ndarray, in_shape: Sequence[int]):
+        self.out_shape = coords.shape[1:]
+        pts = coords.reshape(3, -1)
+        inside = np.all((pts >= -0.5) & (pts <= np.array(in_shape)[:, None] - 0.5), axis=0)
+        pts = np.clip(pts, 0, np.array(in_shape)[:, None] - 1)
+        low = np.minimum(np.floor(pts).astype(np.int64), np.array(in_shape)[:, None] - 2).clip(0)
+        frac = pts - low
+        self.index, self.weight = [], []
+        strides = np.array([in_shape[1] * in_shape[2], in_shape[2], 1])
+        for corner in np.ndindex(2, 2, 2):
+            c = np.array(corner)[:, None]
+            idx = np.minimum(low + c, np.array(in_shape)[:, None] - 1)
+            w = np.prod(np.where(c == 1, frac, 1 - frac), axis=0) * inside
+            self.index.append((idx * strides[:, None]).sum(0))
+            self.weight.append(w.astype(np.float32))
+        self.inside = inside
+
+    def __call__(self, volume: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        flat = volume.reshape(-1)
+        out = np.zeros(self.index[0].shape, np.float32)
+        for idx, w in zip(self.index, self.weight):
+            out += flat[idx] * w
+        out[~self.inside] = fill
+        return out.reshape(self.out_shape)
+
+
+def resampled_grid(affine: np.ndarray, shape: Sequence[int], voxel_size: Sequence[float]):
+    """(affine, shape) of a grid with `voxel_size` covering the same field of view."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    new_zooms = np.asarray(voxel_size, np.float64)
+    new_shape = tuple(int(np.ceil(n * z / nz - 1e-6)) for n, z, nz in zip(shape, zooms, new_zooms))
+    rotation = affine[:3, :3] / zooms
+    new_affine = np.eye(4)
+    new_affine[:3, :3] = rotation * new_zooms
+    corner = affine[:3, :3] @ np.full(3, -0.5) + affine[:3, 3]  # the outer corner of voxel 0
+    new_affine[:3, 3] = corner + new_affine[:3, :3] @ np.full(3, 0.5)
+    return new_affine, new_shape
+
+
+def _grid_coords(to_affine: np.ndarray, to_shape, from_affine: np.ndarray) -> np.ndarray:
+    """Voxel coordinates in the `from` grid of each voxel of the `to` grid, (3, *to_shape)."""
+    idx = np.indices(to_shape).reshape(3, -1).astype(np.float64)
+    world = to_affine[:3, :3] @ idx + to_affine[:3, 3:4]
+    inv = np.linalg.inv(from_affine)
+    return (inv[:3, :3] @ world + inv[:3, 3:4]).reshape((3,) + tuple(to_shape))
+
+
+def _offsets(mask: np.ndarray, target_shape, center_on: str) -> list[int]:
+    if center_on == "brain":
+        where = np.nonzero(mask)
+        lo = np.array([w.min() for w in where])
+        hi = np.array([w.max() for w in where])
+    else:
+        lo, hi = np.zeros(3, int), np.array(mask.shape) - 1
+    return [int((t - (h - l + 1)) // 2 - l) for t, l, h in zip(target_shape, lo, hi)]
+
+
+def place(volume: np.ndarray, offsets: Sequence[int], target_shape, fill: float) -> np.ndarray:
+    """Crop/pad `volume` so that its voxel i lands at i + offsets of a `target_shape` grid."""
+    out = np.full(tuple(target_shape) + volume.shape[3:], fill, volume.dtype)
+    src, dst = [], []
+    for n, t, o in zip(volume.shape[:3], target_shape, offsets):
+        lo, hi = max(0, -o), min(n, t - o)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo + o, hi + o))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = None,
+                tr: Optional[float] = None) -> tuple[dict, Iterator[np.ndarray]]:
+    """Check and preprocess one run.
+
+    Returns (metadata, frames): `metadata` holds everything needed to map the stored grid
+    back to the original NIfTI space; `frames` yields (D, H, W) arrays in `config.dtype`.
+    All checks (4D, finite, mask shape, enough frames) run before the first frame is yielded.
+    """
+    img, raw, slope, inter = load_nifti(path)
+    if raw.ndim != 4:
+        raise BadInputError(path, f"not 4D (shape {raw.shape}); expected (X, Y, Z, T)")
+    num_frames = raw.shape[3]
+    if num_frames < config.min_frames:
+        raise BadInputError(path, f"too few frames for one window: {num_frames} < {config.min_frames}")
+    spatial = raw.shape[:3]
+    if mask_path:
+        mask = _load_mask(mask_path, spatial, path)
+    else:
+        mask = _derive_mask(raw, slope, inter, config, path)
+
+    # One pass over the run: finiteness, then brain mean/std/min in float64.
+    total, total_sq, count, brain_min = 0.0, 0.0, 0, np.inf
+    check_finite = not np.issubdtype(raw.dtype, np.integer)
+    for t0 in range(0, num_frames, 32):
+        chunk = raw[..., t0:t0 + 32]
+        if check_finite and not np.isfinite(chunk).all():
+            bad = np.argwhere(~np.isfinite(chunk))[0]
+            num_bad = int((~np.isfinite(raw)).sum())
+            raise BadInputError(path, f"{num_bad} NaN/Inf voxels (first at voxel {tuple(bad[:3])}, "
+                                      f"frame {t0 + bad[3]})")
+        brain = chunk[mask].astype(np.float64) * slope + inter  # (N, t)
+        total += brain.sum()
+        total_sq += np.square(brain).sum()
+        count += brain.size
+        brain_min = min(brain_min, brain.min())
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean ** 2, 0.0)))
+    if config.normalization == "zscore":
+        if not std > 0:
+            raise BadInputError(path, "brain signal is constant (std 0); cannot z-score")
+        shift, scale = mean, std
+    else:
+        shift, scale = 0.0, 1.0
+    background = float((brain_min - shift) / scale) if config.background == "min" else 0.0
+
+    affine = np.asarray(img.affine, np.float64)
+    if config.voxel_size is not None:
+        grid_affine, grid_shape = resampled_grid(affine, spatial, config.voxel_size)
+        sampler = _LinearSampler(_grid_coords(grid_affine, grid_shape, affine), spatial)
+        grid_mask = sampler(mask.astype(np.float32)) >= 0.5
+    else:
+        grid_affine, grid_shape, sampler, grid_mask = affine, tuple(spatial), None, mask
+    target = config.target_shape or tuple(grid_shape)
+    offsets = _offsets(grid_mask, target, config.center_on) if config.target_shape else [0, 0, 0]
+    stored_affine = grid_affine.copy()
+    stored_affine[:3, 3] = grid_affine[:3, :3] @ -np.asarray(offsets, np.float64) + grid_affine[:3, 3]
+    inside = place(grid_mask, offsets, target, False)
+
+    metadata = {
+        "source": str(path),
+        "num_frames": int(num_frames),
+        "tr": tr if tr is not None else repetition_time(path, img),
+        "original_shape": [int(s) for s in raw.shape],
+        "original_affine": affine.tolist(),
+        "resampled_shape": [int(s) for s in grid_shape],
+        "resampled_affine": grid_affine.tolist(),
+        "offsets": offsets,
+        "stored_affine": stored_affine.tolist(),
+        "mean": float(mean), "std": std, "background": background,
+        "mask_voxels": int(mask.sum()),
+        "stored_brain_voxels": int(inside.sum()),
+        "brain_voxels_cropped": int(grid_mask.sum() - inside.sum()),
+    }
+    dtype = np.dtype(config.dtype)
+    limit = float(np.finfo(dtype).max)
+
+    def frames() -> Iterator[np.ndarray]:
+        for t in range(num_frames):
+            frame = (raw[..., t].astype(np.float32) * slope + inter - shift) / scale
+            frame[~mask] = background
+            if sampler is not None:
+                frame = sampler(frame, fill=background)
+                frame[~grid_mask] = background
+            frame = place(frame, offsets, target, background)
+            yield np.clip(frame, -limit, limit).astype(dtype)
+
+    return metadata, frames()
+
+
+def to_original_space(volume: np.ndarray, run_info: dict, fill: float = 0.0):
+    """Map a map on the stored grid, (D, H, W) or (D, H, W, K), back onto the run's NIfTI grid.
+
+    `run_info` is the run's entry in dataset.json (see `tfrecords_tools.run_info`). Returns a
+    `nibabel.Nifti1Image` with the original affine; voxels outside the stored grid get `fill`.
+    """
+    import nibabel as nib
+
+    volume = np.asarray(volume, np.float32)
+    offsets = [-o for o in run_info["offsets"]]
+    grid = place(volume, offsets, run_info["resampled_shape"], fill)  # stored -> resampled grid
+    original_shape = tuple(run_info["original_shape"][:3])
+    original_affine = np.asarray(run_info["original_affine"])
+    if tuple(run_info["resampled_shape"]) != original_shape or not np.allclose(
+            run_info["resampled_affine"], original_affine):
+        sampler = _LinearSampler(_grid_coords(original_affine, original_shape,
+                                              np.asarray(run_info["resampled_affine"])),
+                                 run_info["resampled_shape"])
+        channels = [grid] if grid.ndim == 3 else [grid[..., k] for k in range(grid.shape[3])]
+        grid = np.stack([sampler(c, fill=fill) for c in channels], axis=-1)
+        grid = grid[..., 0] if volume.ndim == 3 else grid
+    return nib.Nifti1Image(grid, original_affine)

@@ -1,0 +1,195 @@
+"""Streaming windows out of a converted folder with tf.data.
+
+Pipeline: runs of the split (shuffled by seed each epoch) -> parallel interleave over runs,
+each run reading its own shards in frame order, so every frame is read and decoded once and
+windows (overlapping or not) are formed in memory -> shuffle buffer of windows (kept in the
+storage dtype) -> cast, transpose to channels-last (D, H, W, T, 1), label, augment ->
+optional batch (static shapes, drop_remainder) -> prefetch.
+
+Letters: D/H/W space, T frames of a window.
+"""
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from tfrecords_tools import schema
+from tfrecords_tools import splits as splits_lib
+
+
+def _select_runs(info: dict, dataset_dir: str, split: Optional[str], splits_file: Optional[str],
+                 subjects: Optional[Sequence[str]]) -> list[dict]:
+    import tensorflow as tf
+
+    runs = info["runs"]
+    if split is not None:
+        path = splits_file or schema.join(dataset_dir, schema.SPLITS_JSON)
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"{path} not found: pass `splits_file` or re-run the conversion")
+        splits = splits_lib.load_splits(path)
+        if split not in splits:
+            raise ValueError(f"`split` must be one of {sorted(splits)} (from {path}). Received: {split!r}")
+        keep = set(splits[split])
+        runs = [r for r in runs if r["subject"] in keep]
+    if subjects is not None:
+        keep = set(subjects)
+        runs = [r for r in runs if r["subject"] in keep or r["key"] in keep]
+    return runs
+
+
+def num_windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20,
+                stride: Optional[int] = None, pairs: bool = False, splits_file: Optional[str] = None) -> int:
+    """Windows (or, with `pairs`, at most this many // 2 pairs) one epoch of `windows` yields."""
+    info = schema.load_dataset_info(dataset_dir)
+    stride = stride or window
+    runs = _select_runs(info, dataset_dir, split, splits_file, None)
+    return sum(max(0, (r["num_frames"] - window) // stride + 1) for r in runs)
+
+
+def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, stride: Optional[int] = None,
+            batch_size: Optional[int] = None, shuffle: bool = True, seed: Optional[int] = 0,
+            pairs: bool = False, augment: Optional[Callable] = None, dtype: str = "float32",
+            cache: bool | str = False, repeat: bool = False, cycle_length: int = 4,
+            shuffle_buffer: int = 16, pair_buffer: int = 4, splits_file: Optional[str] = None,
+            subjects: Optional[Sequence[str]] = None, prefetch: bool = True):
+    """A `tf.data.Dataset` of `(window, label, subject_id)` from a converted folder.
+
+    Args:
+        dataset_dir: folder written by `convert` (local, gs://, any tf.io.gfile path).
+        split: `train`/`val`/`test` (from splits.json or `splits_file`), or None for all runs.
+        window: frames T per window.
+        stride: frames between window starts (default `window`: non-overlapping, as SwiFT).
+        batch_size: batch with `drop_remainder=True` (static batch dimension), or None.
+        shuffle: shuffle run order (each epoch) and windows (`shuffle_buffer` windows).
+        seed: makes order and augmentation deterministic; None for nondeterministic speed.
+        pairs: yield two non-overlapping windows of the same run per element,
+            `window` of shape (2, D, H, W, T, 1), for contrastive (NT-Xent) pretraining.
+        augment: `fn(window, seed) -> window` on one (D, H, W, T, 1) float window with a
+            stateless seed of shape (2,); see `tfrecords_tools.augment.Augment`.
+        dtype: dtype of the windows handed out.
+        cache: cache decoded windows in memory (True) or in a file prefix (str).
+        repeat: repeat forever (run order reshuffled every epoch).
+        cycle_length: runs read in parallel.
+        splits_file, subjects: other ways to choose the subjects (subject ids or run keys).
+
+    Returns:
+        elements `(window (D, H, W, T, 1), label (), subject ())`; label is int32 (class
+        index, -1 when unlabelled) or float32 (regression). With `batch_size`, a leading B.
+    """
+    import tensorflow as tf
+
+    info = schema.load_dataset_info(dataset_dir)
+    stride = stride or window
+    if window < 1 or stride < 1:
+        raise ValueError(f"`window` and `stride` must be >= 1. Received: window={window}, stride={stride}")
+    runs = [r for r in _select_runs(info, dataset_dir, split, splits_file, subjects)
+            if r["num_frames"] >= window * (2 if pairs else 1)]
+    if not runs:
+        raise ValueError(f"no run of {dataset_dir} (split={split!r}) has enough frames for "
+                         f"{'two windows' if pairs else 'one window'} of {window}")
+    frame_shape = tuple(info["frame_shape"])
+    storage = tf.as_dtype(info["dtype"])
+    kind = info["labels"]["kind"]
+    num_classes = len(info["labels"]["vocabulary"] or [])
+    label_dtype = tf.float32 if kind == "numeric" else tf.int32
+    compression = info["compression"]
+    shards = {}
+    for shard in info["shards"]:
+        shards.setdefault(shard["run"], []).append(shard)
+    files = ["\n".join(schema.join(dataset_dir, s["path"])
+                       for s in sorted(shards[r["key"]], key=lambda s: s["first_frame"])) for r in runs]
+    labels = [(-1 if r["label"] is None else r["label"]) for r in runs]
+    labels = np.asarray(labels, np.float32 if kind == "numeric" else np.int32)
+    deterministic = seed is not None
+    spec = {k: v for k, v in schema.feature_spec().items() if k in ("volume", "frame", "frame_label")}
+
+    def decode(serialized):  # (n,) strings -> (n, D, H, W), (n,), (n,)
+        features = tf.io.parse_example(serialized, spec)
+        volume = tf.io.decode_raw(features["volume"], storage, little_endian=True)
+        volume = tf.reshape(volume, (-1,) + frame_shape)
+        return volume, tf.cast(features["frame_label"], tf.int32), tf.cast(features["frame"], tf.int32)
+
+    def run_windows(run_files, subject, label):
+        records = tf.data.TFRecordDataset(tf.strings.split(run_files, "\n"), compression_type=compression,
+                                          buffer_size=8 << 20)
+        if stride == window:  # each record lands in exactly one window: decode a whole window at once
+            ds = records.batch(window, drop_remainder=True).map(decode)
+        else:
+            if stride > window:  # frames between windows are never used: drop before decoding
+                records = records.enumerate().filter(lambda i, _: i % stride < window).map(lambda i, r: r)
+                ds = records.batch(window, drop_remainder=True).map(decode)
+            else:
+                frames = records.map(lambda r: tuple(x[0] for x in decode(r[None])))
+                ds = frames.window(window, shift=stride, drop_remainder=True).flat_map(
+                    lambda v, fl, f: tf.data.Dataset.zip((v.batch(window), fl.batch(window), f.batch(window))))
+        if pairs:  # two windows of one run, never overlapping
+            if shuffle:
+                ds = ds.shuffle(pair_buffer, seed=seed)
+            ds = ds.batch(2, drop_remainder=True).filter(
+                lambda v, fl, f: tf.abs(f[0, 0] - f[1, 0]) >= window)
+        return ds.map(lambda v, fl, f: (v, fl, subject, label))
+
+    run_ds = tf.data.Dataset.from_tensor_slices((files, [r["subject"] for r in runs], labels))
+    if shuffle:
+        run_ds = run_ds.shuffle(len(runs), seed=seed, reshuffle_each_iteration=True)
+    if repeat and not cache:
+        run_ds = run_ds.repeat()
+    ds = run_ds.interleave(run_windows, cycle_length=min(cycle_length, len(runs)), block_length=1,
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if cache:
+        ds = ds.cache("" if cache is True else cache)
+        if repeat:
+            ds = ds.repeat()
+    if shuffle and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    out_dtype = tf.as_dtype(dtype)
+
+    def finish(index, element):
+        volume, frame_labels, subject, label = element
+        volume = tf.cast(volume, out_dtype)  # cast first: the transpose is faster on float32
+        if pairs:
+            volume = tf.transpose(volume, (0, 2, 3, 4, 1))[..., None]  # (2, D, H, W, T, 1)
+            frame_labels = frame_labels[0]
+        else:
+            volume = tf.transpose(volume, (1, 2, 3, 0))[..., None]  # (D, H, W, T, 1)
+        if kind == "events":  # majority frame label; ties go to the lower index (rest is last)
+            label = tf.argmax(tf.math.bincount(frame_labels, minlength=num_classes, maxlength=num_classes),
+                              output_type=tf.int32)
+        if augment is not None:
+            element_seed = tf.stack([tf.cast(seed or 0, tf.int64), index])
+            if pairs:  # each view gets its own draw
+                volume = tf.stack([augment(volume[0], element_seed),
+                                   augment(volume[1], element_seed + [0, 1 << 40])])
+            else:
+                volume = augment(volume, element_seed)
+        return volume, tf.cast(label, label_dtype), subject
+
+    ds = ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if batch_size:
+        ds = ds.batch(batch_size, drop_remainder=True)
+    if prefetch:
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options)
+
+
+def read_frames(dataset_dir: str, run: Optional[str] = None):
+    """All frame records (or one run's) as parsed dicts with the (D, H, W) `volume`, in order."""
+    import tensorflow as tf
+
+    info = schema.load_dataset_info(dataset_dir)
+    paths = [schema.join(dataset_dir, s["path"]) for s in info["shards"] if run is None or s["run"] == run]
+    return tf.data.TFRecordDataset(paths, compression_type=info["compression"]).map(
+        lambda r: schema.parse_frame(r, info["frame_shape"], info["dtype"]))
+
+
+def run_info(dataset_dir: str, run: str) -> dict:
+    """A run's dataset.json entry, found by run key or (for a one-run subject) subject id."""
+    info = schema.load_dataset_info(dataset_dir)
+    matches = [r for r in info["runs"] if r["key"] == run] or [r for r in info["runs"] if r["subject"] == run]
+    if len(matches) != 1:
+        raise ValueError(f"`run` must name one run of {dataset_dir} (a run key, or a subject with one run). "
+                         f"Received: {run!r}, which matches {len(matches)}")
+    return matches[0]
