@@ -1,0 +1,42 @@
+"""`tfbrain predict`: send windows to a TF-Serving-compatible gRPC endpoint and print/save outputs."""
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help=".nii/.nii.gz run, or .npy/.npz windows (N, D, H, W, T, C)")
+    parser.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port (default 127.0.0.1:8500)")
+    parser.add_argument("--model", required=True, help="model name on the server")
+    parser.add_argument("--version", type=int, help="model version (default: the server's default)")
+    parser.add_argument("--signature", default="serving_default", help="serving_default (default) or embed")
+    parser.add_argument("--fp16", action="store_true", help="send float16 windows to <signature>_fp16")
+    parser.add_argument("--batch-size", type=int, default=1, help="windows per request (default 1)")
+    parser.add_argument("--max-windows", type=int, help="send at most this many windows")
+    parser.add_argument("--no-normalize", action="store_true", help="NIfTI input: skip the z-score")
+    parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline per request (default 60)")
+    parser.add_argument("--retries", type=int, default=2, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED")
+    parser.add_argument("--output", help="save the outputs to this .npz")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from serving.client import PredictionClient
+    from serving.windows import load_windows
+
+    with PredictionClient(args.target, args.model, version=args.version, use_fp16=args.fp16,
+                          timeout_s=args.timeout_s, retries=args.retries) as client:
+        window_shape = client.window_shape(args.signature)
+        windows = load_windows(args.input, window_shape, normalize=not args.no_normalize,
+                               max_windows=args.max_windows)
+        batches = [client.predict(windows[i:i + args.batch_size], args.signature)
+                   for i in range(0, len(windows), args.batch_size)]
+    outputs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    np.set_printoptions(precision=4, suppress=True)
+    for index in range(len(windows)):
+        fields = ", ".join(f"{k}={outputs[k][index]}" for k in sorted(outputs))
+        print(f"window {index}: {fields}")
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"saved {', '.join(sorted(outputs))} to {args.output}")
+    return 0
