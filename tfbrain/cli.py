@@ -7,7 +7,7 @@ import sys
 
 # name -> (module, one-line help). Add a line here when a subcommand lands.
 SUBCOMMANDS = {
-    # "convert": ("tfbrain.conversion_cli", "convert an upstream PyTorch checkpoint to a preset folder"),
+    "convert": ("tfbrain.conversion_cli", "convert an upstream PyTorch checkpoint to a preset folder"),
     "export": ("tfbrain.export_cli", "export a preset or checkpoint as a TF-Serving SavedModel version"),
     "serve": ("serving.cli", "serve exported SavedModels over gRPC (local PredictionService)"),
     "predict": ("serving.client_cli", "send windows to a TF-Serving gRPC endpoint"),

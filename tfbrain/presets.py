@@ -8,13 +8,20 @@ as `<root>/<name>/`. Each family registers its names with `register_presets`, gi
 for each the instructions to produce it (usually a `tfbrain convert` command line).
 """
 
+import datetime
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 
 import keras
 
-from tfbrain.models.backbone import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
+from tfbrain.version import __version__
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
 
 DEFAULT_CACHE = pathlib.Path("~/.cache/tfbrain/presets").expanduser()
 _REGISTRY: dict[str, dict] = {}
@@ -92,3 +99,41 @@ def load_preset(preset, load_weights: bool = True, **config_overrides) -> keras.
     if load_weights:
         model.load_weights(str(folder / WEIGHTS_FILE))
     return model
+
+
+def save_preset(model: keras.Model, preset_dir, extra_metadata: dict | None = None) -> pathlib.Path:
+    """Save any registered Keras model as a preset folder (written to a temp dir, then renamed)."""
+    preset_dir = pathlib.Path(preset_dir)
+    preset_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{preset_dir.name}.tmp-", dir=preset_dir.parent))
+    try:
+        config = {"class_name": keras.saving.get_registered_name(type(model)),
+                  "config": model.get_config()}
+        (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        model.save_weights(str(tmp_dir / WEIGHTS_FILE))
+        inputs = {}
+        for t in model.inputs:
+            inputs[t.name.split(":")[0]] = {"shape": [None] + list(t.shape[1:]), "dtype": str(t.dtype)}
+        metadata = {
+            "tfbrain_version": __version__,
+            "keras_version": keras.__version__,
+            "parameter_count": int(model.count_params()),
+            "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "class_name": config["class_name"],
+            "inputs": inputs,
+        }
+        if hasattr(model, "task_metadata"):
+            metadata["task"] = model.task_metadata()
+        metadata.update(extra_metadata or {})
+        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+        if preset_dir.exists():
+            backup = preset_dir.with_name(preset_dir.name + ".old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(preset_dir, backup)
+            os.replace(tmp_dir, preset_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, preset_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return preset_dir

@@ -129,3 +129,86 @@ def load_upstream_backbone(state_dict: dict, backbone_kwargs: dict) -> SwiFTBack
     backbone = SwiFTBackbone(**backbone_kwargs)
     assign_pairs(backbone_weight_map(backbone, state_dict))
     return backbone
+
+
+def head_weight_map(task, head_state_dict: dict) -> list:
+    """Pair a task model's head variables with an upstream `output_head.*` state dict
+    (prefix stripped): clf_mlp v1 `head.*`, clf_mlp_v2 `hidden.*` + `head.*`,
+    emb_mlp `fc1.weight` + `bn1.*`."""
+    sd = {k: np.asarray(v) for k, v in head_state_dict.items()}
+    pairs = []
+
+    def take(key, transform=lambda a: a):
+        if key not in sd:
+            raise KeyError(f"upstream head state_dict has no tensor {key!r} "
+                           f"(has {sorted(sd)}) for a {type(task).__name__} head")
+        return transform(sd.pop(key)), key
+
+    def add(variable, key, transform=lambda a: a):
+        value, key = take(key, transform)
+        pairs.append((variable, value, key))
+
+    if task.task_type in ("classification", "regression"):
+        if task.head == "v2":
+            hidden = task.get_layer("hidden")
+            add(hidden.kernel, "hidden.weight", np.transpose)
+            add(hidden.bias, "hidden.bias")
+        head = task.get_layer("head")
+        add(head.kernel, "head.weight", np.transpose)
+        add(head.bias, "head.bias")
+    else:
+        add(task.get_layer("fc1").kernel, "fc1.weight", np.transpose)
+        bn = task.get_layer("bn1")
+        add(bn.gamma, "bn1.weight")
+        add(bn.beta, "bn1.bias")
+        add(bn.moving_mean, "bn1.running_mean")
+        add(bn.moving_variance, "bn1.running_var")
+        sd.pop("bn1.num_batches_tracked", None)
+    if sd:
+        raise ValueError(f"upstream head tensors left unused: {sorted(sd)}")
+    return pairs
+
+
+def infer_head(head_state_dict: dict) -> dict:
+    """Which task head an upstream `output_head.*` state dict holds, and its size."""
+    keys = set(head_state_dict)
+    if "fc1.weight" in keys:
+        return {"task": "contrastive",
+                "embedding_dim": int(np.shape(head_state_dict["fc1.weight"])[0])}
+    if "head.weight" in keys:
+        return {"task": "classification",
+                "head": "v2" if "hidden.weight" in keys else "v1",
+                "num_classes": int(np.shape(head_state_dict["head.weight"])[0])}
+    raise ValueError(f"cannot tell the head type from upstream keys {sorted(keys)}")
+
+
+def convert_swift(state_dict: dict, upstream_kwargs: dict, task: str | None = None):
+    """Upstream SwiFT state dict (plain or Lightning) -> Keras backbone or task model.
+
+    Args:
+        state_dict: torch-named arrays. Lightning keys (`model.`, `output_head.`) are split.
+        upstream_kwargs: `SwinTransformer4D` constructor kwargs (or Lightning hparams).
+        task: "classification" | "regression" | "contrastive" to force the task when the
+            head keys are ambiguous (upstream regression uses the clf_mlp head). None:
+            inferred from `output_head.*`, or a bare backbone when there is no head.
+    """
+    from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor
+
+    backbone_sd, head_sd = split_lightning_state_dict(state_dict)
+    backbone = load_upstream_backbone(backbone_sd, swift_kwargs_from_upstream(upstream_kwargs))
+    if not head_sd:
+        if task:
+            raise ValueError(f"task={task!r} requested but the state dict has no output_head.* keys")
+        return backbone
+    head = infer_head(head_sd)
+    task = task or head["task"]
+    if task == "contrastive":
+        model = FMRIContrastive(backbone, embedding_dim=head["embedding_dim"])
+    elif task == "classification":
+        model = FMRIClassifier(backbone, num_classes=head["num_classes"], head=head["head"])
+    elif task == "regression":
+        model = FMRIRegressor(backbone, num_outputs=head["num_classes"], head=head["head"])
+    else:
+        raise ValueError(f"unknown task {task!r}; expected classification, regression or contrastive")
+    assign_pairs(head_weight_map(model, head_sd))
+    return model

@@ -1,0 +1,196 @@
+"""Task models: a backbone plus a head, with named dict outputs.
+
+Every task model is a functional `keras.Model` with one input, `fmri`
+`(B, D, H, W, T, C)`, and a dict output:
+  classification -> {"logits": (B, num_classes)}  (binary: num_classes = 1)
+  regression     -> {"prediction": (B, num_outputs)}
+  contrastive    -> {"embedding": (B, E)}  (L2-normalised)
+It keeps `.backbone` and `.task_type`; `embed(fmri)` is the token-mean backbone
+embedding `(B, C')`. Export and serving rely on exactly this surface.
+
+Heads follow SwiFT (Transconnectome/SwiFT `project/module/models/`): `clf_mlp`
+(v1: mean over tokens -> Linear), `clf_mlp_v2` (mean -> Linear(4C) -> Linear, no
+activation between, as released), `emb_mlp` (mean -> Linear no bias -> BatchNorm
+-> L2 normalise). They work on any backbone whose output is `(B, ..., C)`.
+"""
+
+import keras
+from keras import ops
+
+from tfbrain.presets import save_preset
+
+TASK_TYPES = ("classification", "regression", "contrastive")
+
+
+@keras.saving.register_keras_serializable(package="tfbrain")
+class TokenMeanPool(keras.layers.Layer):
+    """Mean over every axis but batch and channels: `(B, ..., C)` -> `(B, C)`."""
+
+    def call(self, features):
+        return ops.mean(features, axis=tuple(range(1, len(features.shape) - 1)))
+
+    def compute_output_shape(self, features_shape):
+        return (features_shape[0], features_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="tfbrain")
+class L2Normalize(keras.layers.Layer):
+    """x / max(||x||, eps) along the last axis (torch F.normalize semantics)."""
+
+    def __init__(self, epsilon=1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, x):
+        norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+        return x / ops.maximum(norm, self.epsilon)
+
+    def compute_output_shape(self, x_shape):
+        return x_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+class Task(keras.Model):
+    """Base of task models; subclasses build the head in their constructor."""
+
+    task_type = None
+
+    def __init__(self, backbone, outputs_fn, dtype=None, **kwargs):
+        fmri = keras.Input(shape=backbone.input.shape[1:], name="fmri")
+        features = backbone(fmri)
+        super().__init__(inputs=fmri, outputs=outputs_fn(features), dtype=dtype, **kwargs)
+        self.backbone = backbone
+
+    def embed(self, fmri):
+        """Token-mean backbone embedding `(B, C')`."""
+        return ops.mean(self.backbone(fmri), axis=tuple(range(1, len(self.backbone.output.shape) - 1)))
+
+    def task_metadata(self) -> dict:
+        return {"type": self.task_type}
+
+    def save_to_preset(self, preset_dir, extra_metadata: dict | None = None):
+        """Write the task model as a preset folder (metadata.json gains a "task" entry)."""
+        save_preset(self, preset_dir, extra_metadata)
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "backbone": keras.saving.serialize_keras_object(self.backbone)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+def _check_head(head, allowed):
+    if head not in allowed:
+        raise ValueError(f"`head` must be one of {allowed}. Received: head={head!r}")
+
+
+@keras.saving.register_keras_serializable(package="tfbrain")
+class FMRIClassifier(Task):
+    """Classification: `{"logits": (B, num_classes)}`; one logit for binary tasks.
+
+    Args:
+        backbone: a tfbrain backbone.
+        num_classes: int. Number of logits (1 for binary, sigmoid/BCE).
+        head: "v1" (mean -> Linear) or "v2" (mean -> Linear(4C) -> Linear).
+        dropout_rate: float. Dropout on the pooled features (0 upstream).
+    """
+
+    task_type = "classification"
+
+    def __init__(self, backbone, num_classes=1, head="v1", dropout_rate=0.0, **kwargs):
+        _check_head(head, ("v1", "v2"))
+        width = backbone.output.shape[-1]
+
+        def outputs_fn(features):
+            x = TokenMeanPool(name="pool")(features)
+            if dropout_rate:
+                x = keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
+            if head == "v2":
+                x = keras.layers.Dense(4 * width, name="hidden")(x)
+            return {"logits": keras.layers.Dense(num_classes, name="head")(x)}
+
+        super().__init__(backbone, outputs_fn, **kwargs)
+        self.num_classes = num_classes
+        self.head = head
+        self.dropout_rate = dropout_rate
+
+    def task_metadata(self):
+        return {"type": self.task_type, "num_classes": self.num_classes,
+                "activation": "sigmoid" if self.num_classes == 1 else "softmax"}
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "head": self.head,
+                "dropout_rate": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="tfbrain")
+class FMRIRegressor(Task):
+    """Regression: `{"prediction": (B, num_outputs)}` (upstream reg_mlp = clf_mlp v1 head).
+
+    Args:
+        backbone: a tfbrain backbone.
+        num_outputs: int.
+        head: "v1" or "v2" as for the classifier.
+        dropout_rate: float.
+    """
+
+    task_type = "regression"
+
+    def __init__(self, backbone, num_outputs=1, head="v1", dropout_rate=0.0, **kwargs):
+        _check_head(head, ("v1", "v2"))
+        width = backbone.output.shape[-1]
+
+        def outputs_fn(features):
+            x = TokenMeanPool(name="pool")(features)
+            if dropout_rate:
+                x = keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
+            if head == "v2":
+                x = keras.layers.Dense(4 * width, name="hidden")(x)
+            return {"prediction": keras.layers.Dense(num_outputs, name="head")(x)}
+
+        super().__init__(backbone, outputs_fn, **kwargs)
+        self.num_outputs = num_outputs
+        self.head = head
+        self.dropout_rate = dropout_rate
+
+    def task_metadata(self):
+        return {"type": self.task_type, "num_outputs": self.num_outputs}
+
+    def get_config(self):
+        return {**super().get_config(), "num_outputs": self.num_outputs, "head": self.head,
+                "dropout_rate": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="tfbrain")
+class FMRIContrastive(Task):
+    """Contrastive projection: `{"embedding": (B, embedding_dim)}`, L2-normalised.
+
+    Args:
+        backbone: a tfbrain backbone.
+        embedding_dim: int. Projection width (128 upstream).
+    """
+
+    task_type = "contrastive"
+
+    def __init__(self, backbone, embedding_dim=128, **kwargs):
+        def outputs_fn(features):
+            x = TokenMeanPool(name="pool")(features)
+            x = keras.layers.Dense(embedding_dim, use_bias=False, name="fc1")(x)
+            # torch BatchNorm1d defaults: eps 1e-5, momentum 0.1 (= Keras momentum 0.9)
+            x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="bn1")(x)
+            return {"embedding": L2Normalize(name="l2_normalize")(x)}
+
+        super().__init__(backbone, outputs_fn, **kwargs)
+        self.embedding_dim = embedding_dim
+
+    def task_metadata(self):
+        return {"type": self.task_type, "embedding_dim": self.embedding_dim}
+
+    def get_config(self):
+        return {**super().get_config(), "embedding_dim": self.embedding_dim}
