@@ -4,7 +4,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help=".nii/.nii.gz run, or .npy/.npz windows (N, D, H, W, T, C)")
+    parser.add_argument("input", help="converted dataset folder (tfbrain prepare), .nii/.nii.gz run, "
+                                      "or .npy/.npz windows (N, D, H, W, T, C)")
+    parser.add_argument("--split", help="converted dataset: train/val/test (default: all runs)")
     parser.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port (default 127.0.0.1:8500)")
     parser.add_argument("--model", required=True, help="model name on the server")
     parser.add_argument("--version", type=int, help="model version (default: the server's default)")
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
                           timeout_s=args.timeout_s, retries=args.retries) as client:
         window_shape = client.window_shape(args.signature)
         windows = load_windows(args.input, window_shape, normalize=not args.no_normalize,
-                               max_windows=args.max_windows)
+                               max_windows=args.max_windows, split=args.split)
         batches = [client.predict(windows[i:i + args.batch_size], args.signature)
                    for i in range(0, len(windows), args.batch_size)]
     outputs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

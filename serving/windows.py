@@ -1,10 +1,14 @@
-"""Windows to send: (N, D, H, W, T, C) float32 arrays from a NIfTI run or a saved array.
+"""Windows to send: (N, D, H, W, T, C) float32 arrays from a converted dataset, a NIfTI run
+or a saved array.
+
+A converted dataset (a folder written by `tfbrain prepare` / `tfrecords_tools.convert`) is
+read with `tfrecords_tools.windows`, in order, non-overlapping: its preprocessing is the
+one training used, so prefer it.
 
 The NIfTI path does SwiFT's per-run preprocessing in its simplest form (brain = voxels
 nonzero in some frame, z-score over brain voxels of the whole run, background = brain
 minimum, centre crop/pad to (D, H, W)) and cuts the run into consecutive non-overlapping
-T-frame windows. Use the same preprocessing the model was trained with: for data converted
-with tfrecords_tools, save its windows with `np.save` and send the `.npy` instead.
+T-frame windows. Use the same preprocessing the model was trained with.
 
 Letters: N windows, D/H/W space, T frames, C channels.
 """
@@ -63,12 +67,31 @@ def windows_from_run(run: np.ndarray, window_shape: tuple[int, ...], normalize: 
     return np.stack(windows)[..., None]  # (N, D, H, W, T, 1)
 
 
+def windows_from_dataset(dataset_dir, window_shape: tuple[int, ...], split: str | None = None,
+                         max_windows: int | None = None) -> np.ndarray:
+    """Windows (N, D, H, W, T, C) of a converted dataset folder, in run order."""
+    import tfrecords_tools
+
+    frames = window_shape[3]
+    dataset = tfrecords_tools.windows(str(dataset_dir), split, window=frames, shuffle=False,
+                                      seed=None, dtype="float32", prefetch=False)
+    if max_windows:
+        dataset = dataset.take(max_windows)
+    windows = [window for window, _label, _subject in dataset.as_numpy_iterator()]
+    if not windows:
+        raise ValueError(f"{dataset_dir} (split={split!r}) has no window of {frames} frames")
+    return np.stack(windows)
+
+
 def load_windows(path, window_shape: tuple[int, ...], normalize: bool = True,
-                 max_windows: int | None = None) -> np.ndarray:
-    """Windows from a .nii/.nii.gz run, a .npy array or a .npz (key "fmri" or its only array)."""
+                 max_windows: int | None = None, split: str | None = None) -> np.ndarray:
+    """Windows from a converted dataset folder, a .nii/.nii.gz run, a .npy array or a .npz
+    (key "fmri" or its only array). `split` selects a dataset split; `normalize` applies to NIfTI."""
     path = pathlib.Path(path)
     name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
+    if path.is_dir():
+        windows = windows_from_dataset(path, window_shape, split, max_windows)
+    elif name.endswith((".nii", ".nii.gz")):
         import nibabel
         windows = windows_from_run(np.asanyarray(nibabel.load(str(path)).dataobj), window_shape,
                                    normalize, max_windows)
@@ -81,7 +104,8 @@ def load_windows(path, window_shape: tuple[int, ...], normalize: bool = True,
                 raise ValueError(f"{path} has arrays {data.files}; name the windows 'fmri'")
             windows = data[key]
     else:
-        raise ValueError(f"Unsupported input {path}: expected .nii, .nii.gz, .npy or .npz")
+        raise ValueError(f"Unsupported input {path}: expected a converted dataset folder, "
+                         ".nii, .nii.gz, .npy or .npz")
     if windows.ndim == len(window_shape):
         windows = windows[None]
     if tuple(windows.shape[1:]) != tuple(window_shape):

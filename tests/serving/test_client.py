@@ -121,6 +121,30 @@ class CLITest(TestCase):
             self.assertAllClose(out["logits"], self.model(x)["logits"], atol=5e-3, rtol=5e-3)
             self.assertEqual(sorted(out.files), ["logits", "probabilities"])
 
+    def test_predict_cli_from_converted_dataset_and_nifti(self):
+        import tfrecords_tools
+        from tests.tfrecords_tools.helpers import synthetic_run
+        from tfbrain import cli
+
+        nifti = self.base / "sub-01.nii.gz"
+        synthetic_run(str(nifti), num_frames=7)
+        config = tfrecords_tools.PreprocessConfig(target_shape=(4, 4, 4), min_frames=3)
+        tfrecords_tools.convert(tfrecords_tools.runs_from_files([str(nifti)]), str(self.base / "dataset"),
+                                config=config, workers=0, progress=False)
+        expected_windows = tfrecords_tools.windows(str(self.base / "dataset"), window=3, shuffle=False,
+                                                   seed=None, dtype="float32")
+        expected_windows = np.stack([w for w, _, _ in expected_windows.as_numpy_iterator()])
+        with ModelServer({"toy": self.base / "toy"}, port=0) as server:
+            for name, source in (("dataset", self.base / "dataset"), ("nifti", nifti)):
+                code = cli.main(["predict", str(source), "--target", server.target, "--model", "toy",
+                                 "--output", str(self.base / f"{name}.npz")])
+                self.assertEqual(code, 0)
+        with np.load(self.base / "dataset.npz") as out:
+            self.assertEqual(out["logits"].shape, (2, 2))  # 7 frames -> 2 windows of 3
+            self.assertAllClose(out["logits"], self.model(expected_windows)["logits"], atol=1e-5)
+        with np.load(self.base / "nifti.npz") as out:
+            self.assertEqual(out["logits"].shape, (2, 2))
+
     def test_serve_cli_stops_on_sigterm(self):
         ready = self.base / "port"
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
