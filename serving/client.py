@@ -93,7 +93,7 @@ class PredictionClient:
         dtype = np.float16 if signature_name.endswith(FP16_SUFFIX) else np.float32
         request = predict_pb2.PredictRequest(model_spec=self.model_spec(signature_name),
                                              output_filter=list(output_filter))
-        request.inputs[INPUT_NAME].CopyFrom(ndarray_to_tensor_proto(windows.astype(dtype, copy=False)))
+        ndarray_to_tensor_proto(windows.astype(dtype, copy=False), out=request.inputs[INPUT_NAME])
         return request
 
     def _call(self, method, request):

@@ -77,7 +77,8 @@ class LoadedVersion:
 
     def run(self, signature_name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
-        outputs = self.functions[signature_name](**{k: tf.constant(v) for k, v in arrays.items()})
+        # convert_to_tensor: one copy out of the request's buffer (tf.constant measured slower)
+        outputs = self.functions[signature_name](**{k: tf.convert_to_tensor(v) for k, v in arrays.items()})
         return {k: v.numpy() for k, v in outputs.items()}
 
 
@@ -186,7 +187,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             outputs = loaded.run(signature_name, arrays)
             response = predict_pb2.PredictResponse(model_spec=_response_spec(loaded, signature_name))
             for key in wanted:
-                response.outputs[key].CopyFrom(ndarray_to_tensor_proto(outputs[key]))
+                ndarray_to_tensor_proto(outputs[key], out=response.outputs[key])
             return response
 
         response, error = _handle(context, predict)

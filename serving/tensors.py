@@ -48,18 +48,23 @@ def proto_shape(proto: tensor_pb2.TensorProto) -> tuple[int, ...] | None:
     return tuple(int(d.size) for d in proto.tensor_shape.dim)
 
 
-def ndarray_to_tensor_proto(array) -> tensor_pb2.TensorProto:
-    """Pack a numpy array as a TensorProto with raw little-endian `tensor_content`."""
+def ndarray_to_tensor_proto(array, out: tensor_pb2.TensorProto | None = None) -> tensor_pb2.TensorProto:
+    """Pack a numpy array as a TensorProto with raw little-endian `tensor_content`.
+
+    `out` (e.g. `request.inputs["fmri"]`) is filled in place: a later `CopyFrom` would
+    copy a full window's bytes once more (about 70 ms for 67.5 MB on the project machines).
+    """
     array = np.asarray(array)
     dtype = array.dtype.newbyteorder("=") if array.dtype.byteorder == ">" else array.dtype
     if dtype not in DTYPE_BY_NUMPY:
         raise TypeError(f"Unsupported array dtype for a TensorProto. Received: {array.dtype}")
     array = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
-    return tensor_pb2.TensorProto(
-        dtype=DTYPE_BY_NUMPY[dtype],
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(n)) for n in array.shape]),
-        tensor_content=array.tobytes())
+    proto = tensor_pb2.TensorProto() if out is None else out
+    proto.Clear()
+    proto.dtype = DTYPE_BY_NUMPY[dtype]
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=int(n)) for n in array.shape)
+    proto.tensor_content = array.tobytes()
+    return proto
 
 
 def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:

@@ -148,8 +148,10 @@ class ExportTest(TestCase):
         self.assertRegex(batching, r"batch_timeout_micros \{ value: \d+ \}")
 
     def test_saved_model_cli_lists_signatures(self):
-        cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
-        result = subprocess.run([str(cli), "show", "--dir", str(self.path), "--all"],
+        script = pathlib.Path(sys.executable).with_name("saved_model_cli")
+        command = [str(script)] if script.exists() else [
+            sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+        result = subprocess.run(command + ["show", "--dir", str(self.path), "--all"],
                                 capture_output=True, text=True, timeout=120)
         self.assertEqual(result.returncode, 0, result.stderr[-2000:])
         for name in ("serving_default", "serving_default_fp16", "embed", "embed_fp16"):
