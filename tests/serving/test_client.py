@@ -11,7 +11,6 @@ from concurrent import futures
 
 import grpc
 import numpy as np
-import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving.client import PredictionClient, rest_predict_body

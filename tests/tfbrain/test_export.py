@@ -9,7 +9,6 @@ import tempfile
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 
