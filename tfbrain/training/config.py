@@ -1,0 +1,158 @@
+"""Training configuration: plain dataclasses, read from TOML, every field checked.
+
+A config file has the sections below; any field left out takes its default, and
+an unknown section or field is an error (a typo must not silently train the wrong
+thing). `docs/training.md` lists every field; `TrainConfig.from_toml(path)` reads one.
+"""
+
+import dataclasses
+import pathlib
+import tomllib
+from typing import Optional
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset_dir: str = ""            # folder written by `tfbrain prepare`
+    window: int = 20                 # frames per window (T)
+    stride: int = 20                 # frames between training window starts
+    eval_stride: int = 20            # frames between evaluation window starts
+    batch_size: int = 4              # global batch (split across replicas)
+    eval_batch_size: int = 4
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    splits_file: str = ""            # optional splits JSON instead of the dataset's splits.json
+    shuffle_buffer: int = 16
+    cache: bool = False              # cache decoded windows in memory
+    label_groups: dict = dataclasses.field(default_factory=dict)  # {"new": ["old", ...]}
+    noise_std: float = 0.0           # Gaussian noise augmentation (training only)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    preset: str = ""                 # fine-tune from this preset (name or folder); else build
+    variant: str = "swift_small"     # SwiFT variant when no preset
+    backbone: dict = dataclasses.field(default_factory=dict)  # backbone constructor overrides
+    head: str = "v1"                 # "v1" | "v2" (classification/regression)
+    dropout_rate: float = 0.0        # on pooled features
+    freeze_backbone: bool = False    # linear probe
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    type: str = "classification"     # classification | regression | contrastive
+    temperature: float = 0.1         # NT-Xent
+    embedding_dim: int = 128         # contrastive projection width
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    learning_rate: float = 5e-5      # peak learning rate
+    weight_decay: float = 0.01       # AdamW
+    epochs: int = 10
+    steps_per_epoch: int = 0         # 0: one pass over the training windows
+    warmup_fraction: float = 0.05    # linear warm-up from min_learning_rate, share of all steps
+    restart_cycle: float = 0.0       # cosine cycle as a share of all steps (0: one cycle)
+    restart_gamma: float = 0.5       # peak multiplier at each restart
+    min_learning_rate: float = 1e-9
+    clip_norm: float = 0.0           # global-norm gradient clipping (0: off; upstream 0.5)
+    mixed_precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: Optional[bool] = None  # must be set: true (XLA) or false
+
+
+@dataclasses.dataclass
+class RunConfig:
+    output_dir: str = "runs/tfbrain"
+    seed: int = 1
+    monitor: str = ""                # default: val_subject_auroc | val_subject_mse | val_loss
+    checkpoint_every_steps: int = 50  # resumable state (weights + optimizer + position)
+    strategy: str = "default"        # default | mirrored | multi_worker
+    stop_after_steps: int = 0        # testing aid: stop as if killed after this many steps
+
+
+@dataclasses.dataclass
+class TensorBoardConfig:
+    enabled: bool = True
+    weight_histograms: bool = True
+    gradient_histograms: bool = True
+    images: bool = True              # mid-slices of an input window
+    embeddings: bool = True          # projector: subject embeddings at the end
+    profile_steps: str = ""          # e.g. "5,8" to profile steps 5-8
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    tensorboard: TensorBoardConfig = dataclasses.field(default_factory=TensorBoardConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> "TrainConfig":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(sections))
+        if unknown:
+            raise ValueError(f"{source}: unknown section(s) {unknown}; known: {sorted(sections)}")
+        built = {}
+        for field in dataclasses.fields(cls):
+            section_cls = field.default_factory
+            values = raw.get(field.name, {})
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: [{field.name}] must be a table")
+            known = {f.name: f for f in dataclasses.fields(section_cls)}
+            bad = sorted(set(values) - set(known))
+            if bad:
+                raise ValueError(f"{source}: unknown field(s) {bad} in [{field.name}]; "
+                                 f"known: {sorted(known)}")
+            built[field.name] = section_cls(**values)
+        config = cls(**built)
+        config.validate(source)
+        return config
+
+    @classmethod
+    def from_toml(cls, path) -> "TrainConfig":
+        path = pathlib.Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ValueError(f"{path}: cannot read the TOML config ({err})") from err
+        return cls.from_dict(raw, source=str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self, source: str = "config") -> None:
+        def fail(message):
+            raise ValueError(f"{source}: {message}")
+
+        if self.task.type not in ("classification", "regression", "contrastive"):
+            fail(f"[task] type must be classification, regression or contrastive; got {self.task.type!r}")
+        if self.optim.jit_compile is None:
+            fail("[optim] jit_compile must be set explicitly to true or false (Keras' 'auto' "
+                 "means off on CPU and on on GPU, so runs would differ between machines)")
+        if self.optim.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+            fail(f"[optim] mixed_precision must be float32, mixed_float16 or mixed_bfloat16; "
+                 f"got {self.optim.mixed_precision!r}")
+        if self.run.strategy not in ("default", "mirrored", "multi_worker"):
+            fail(f"[run] strategy must be default, mirrored or multi_worker; got {self.run.strategy!r}")
+        if not self.data.dataset_dir:
+            fail("[data] dataset_dir is required")
+        for name in ("window", "stride", "eval_stride", "batch_size", "eval_batch_size"):
+            if getattr(self.data, name) < 1:
+                fail(f"[data] {name} must be >= 1; got {getattr(self.data, name)}")
+        if self.optim.epochs < 1:
+            fail(f"[optim] epochs must be >= 1; got {self.optim.epochs}")
+        if not 0 <= self.optim.warmup_fraction < 1:
+            fail(f"[optim] warmup_fraction must be in [0, 1); got {self.optim.warmup_fraction}")
+
+    def monitor(self) -> tuple[str, str]:
+        """(metric name, "max"|"min") that picks the best checkpoint."""
+        if self.run.monitor:
+            mode = "min" if any(k in self.run.monitor for k in ("loss", "mse", "mae")) else "max"
+            return self.run.monitor, mode
+        return {"classification": ("val_subject_auroc", "max"),
+                "regression": ("val_subject_mse", "min"),
+                "contrastive": ("val_loss", "min")}[self.task.type]

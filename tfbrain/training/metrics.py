@@ -1,0 +1,124 @@
+"""Subject-level evaluation, as SwiFT reports it.
+
+Every window of a subject is scored; the subject's prediction is the mean of its raw
+window logits (or regression outputs). Classification: accuracy (logit >= 0, or
+argmax), balanced accuracy, AUROC of the mean logit (binary; one-vs-rest macro for
+more classes). Regression: MSE, MAE and Pearson r, on the standardised scale and,
+given the training mean/std, in original units.
+"""
+
+import json
+
+import numpy as np
+
+
+def group_by_subject(subjects, outputs, labels) -> tuple[list, np.ndarray, np.ndarray]:
+    """Mean output and the label of each subject, in first-seen order."""
+    order, sums, counts, subject_labels = [], {}, {}, {}
+    for subject, output, label in zip(subjects, outputs, labels):
+        subject = subject.decode() if isinstance(subject, bytes) else str(subject)
+        if subject not in sums:
+            order.append(subject)
+            sums[subject] = np.zeros_like(np.asarray(output, np.float64))
+            counts[subject] = 0
+            subject_labels[subject] = label
+        sums[subject] += output
+        counts[subject] += 1
+    means = np.stack([sums[s] / counts[s] for s in order])
+    return order, means, np.asarray([subject_labels[s] for s in order])
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve via the rank-sum (Mann-Whitney U), ties averaged."""
+    scores = np.asarray(scores, np.float64)
+    positives = np.asarray(positives, bool)
+    num_pos, num_neg = positives.sum(), (~positives).sum()
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    return float((ranks[positives].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Metrics from per-item logits `(N, K)` (K = 1: binary) and int labels `(N,)`."""
+    logits = np.asarray(logits, np.float64).reshape(len(labels), -1)
+    labels = np.asarray(labels).astype(int)
+    if logits.shape[1] == 1:
+        predicted = (logits[:, 0] >= 0).astype(int)
+        area = auroc(logits[:, 0], labels == 1)
+    else:
+        predicted = logits.argmax(axis=1)
+        areas = [auroc(logits[:, k], labels == k) for k in range(logits.shape[1])
+                 if 0 < (labels == k).sum() < len(labels)]
+        area = float(np.mean(areas)) if areas else float("nan")
+    classes = np.unique(labels)
+    recalls = [float((predicted[labels == c] == c).mean()) for c in classes]
+    return {"accuracy": float((predicted == labels).mean()),
+            "balanced_accuracy": float(np.mean(recalls)),
+            "auroc": area, "count": int(len(labels))}
+
+
+def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def regression_metrics(predictions, targets, target_mean=0.0, target_std=1.0) -> dict:
+    """Standardised-scale and original-unit errors; `targets` are in original units."""
+    predictions = np.asarray(predictions, np.float64).ravel()
+    targets = np.asarray(targets, np.float64).ravel()
+    standardised = (targets - target_mean) / target_std
+    original = predictions * target_std + target_mean
+    return {"mse": float(np.mean((predictions - standardised) ** 2)),
+            "mae": float(np.mean(np.abs(predictions - standardised))),
+            "mse_original_units": float(np.mean((original - targets) ** 2)),
+            "mae_original_units": float(np.mean(np.abs(original - targets))),
+            "pearson_r": pearson_r(predictions, targets), "count": int(len(targets))}
+
+
+def subject_level_report(task_type, subjects, outputs, labels, target_mean=0.0, target_std=1.0) -> dict:
+    """Window-level and subject-level metrics for a classification or regression run."""
+    outputs = np.asarray(outputs, np.float64).reshape(len(labels), -1)
+    labels = np.asarray(labels)
+    _, subject_outputs, subject_labels = group_by_subject(subjects, outputs, labels)
+    if task_type == "classification":
+        return {"window": classification_metrics(outputs, labels),
+                "subject": classification_metrics(subject_outputs, subject_labels)}
+    return {"window": regression_metrics(outputs, labels, target_mean, target_std),
+            "subject": regression_metrics(subject_outputs, subject_labels, target_mean, target_std)}
+
+
+def format_report(report: dict) -> str:
+    """A printed table: one row per level, one column per metric."""
+    levels = [k for k in ("window", "subject") if k in report]
+    names = sorted({m for level in levels for m in report[level]})
+    lines = [f"{'level':8}" + "".join(f"{n:>20}" for n in names)]
+    for level in levels:
+        cells = []
+        for n in names:
+            value = report[level].get(n, "")
+            cells.append(f"{value:>20}" if isinstance(value, int) else f"{value:>20.4f}"
+                         if isinstance(value, float) else f"{value!s:>20}")
+        lines.append(f"{level:8}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_report(path, report: dict) -> None:
+    import os
+    import tempfile
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+        json.dump(report, f, indent=2)
+    os.replace(f.name, path)

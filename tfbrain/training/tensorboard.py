@@ -1,0 +1,140 @@
+"""What a training run writes for TensorBoard (`tensorboard --logdir RUN/tensorboard --host 127.0.0.1`).
+
+  train/ and validation/   epoch scalars: losses, metrics, learning rate, subject-level
+                           validation metrics (Keras' TensorBoard callback)
+  train/                   weight histograms, gradient histograms (`gradients/<variable>`),
+                           images `slices/{axial,coronal,sagittal}` of an input window
+  projector/               subject embeddings (token-mean backbone output) with labels
+  plugins/profile/         the profiler trace, when `[tensorboard] profile_steps` is set
+"""
+
+import os
+
+import keras
+import numpy as np
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Puts the current learning rate into the epoch logs (TensorBoard then plots it)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+
+
+class GradientHistograms(keras.callbacks.Callback):
+    """Histograms of the gradients of the loss on one fixed batch, each epoch."""
+
+    def __init__(self, log_dir, batch):
+        super().__init__()
+        self.log_dir, self.batch = str(log_dir), batch
+        self.writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        x, y = self.batch
+        with tf.GradientTape() as tape:
+            predictions = self.model(x, training=False)
+            loss = self.model.compute_loss(x=x, y=y, y_pred=predictions)
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        if self.writer is None:
+            self.writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        with self.writer.as_default(step=epoch):
+            for variable, gradient in zip(variables, gradients):
+                if gradient is not None:
+                    tf.summary.histogram(f"gradients/{variable.path}", gradient)
+        self.writer.flush()
+
+
+def mid_slices(window: np.ndarray) -> dict:
+    """Axial, coronal and sagittal mid-slices of frame 0 of a `(D, H, W, T, C)` window,
+    scaled to [0, 1] as `(1, rows, cols, 1)` images (axes D, H, W taken as x, y, z)."""
+    volume = np.asarray(window, np.float32)[..., 0, 0]  # (D, H, W)
+    low, high = np.percentile(volume, [1, 99])
+    volume = np.clip((volume - low) / max(high - low, 1e-6), 0, 1)
+    d, h, w = volume.shape
+    slices = {"axial": volume[:, :, w // 2].T[::-1],      # (H, D): z mid
+              "coronal": volume[:, h // 2, :].T[::-1],    # (W, D): y mid
+              "sagittal": volume[d // 2, :, :].T[::-1]}   # (W, H): x mid
+    return {k: np.ascontiguousarray(v)[None, :, :, None] for k, v in slices.items()}
+
+
+class BrainSlices(keras.callbacks.Callback):
+    """Mid-slice images of one input window, written once at the start of training."""
+
+    def __init__(self, log_dir, window):
+        super().__init__()
+        self.log_dir, self.window = str(log_dir), np.asarray(window)
+        self.done = False
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        if self.done:
+            return
+        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        with writer.as_default(step=0):
+            for name, image in mid_slices(self.window).items():
+                tf.summary.image(f"slices/{name}", image)
+        writer.flush()
+        self.done = True
+
+
+def tensorboard_callbacks(config, log_dir, datasets) -> list:
+    """Callbacks for one run; the first training batch feeds gradient histograms and images."""
+    tb = config.tensorboard
+    profile = tuple(int(s) for s in tb.profile_steps.split(",")) if tb.profile_steps else 0
+    callbacks = [LearningRateLogger(),
+                 keras.callbacks.TensorBoard(str(log_dir), histogram_freq=int(tb.weight_histograms),
+                                             write_graph=False, update_freq="epoch",
+                                             profile_batch=profile)]
+    first = datasets.train(0).take(1)
+    x, y = next(iter(first))
+    if tb.gradient_histograms:
+        callbacks.append(GradientHistograms(log_dir, (x, y)))
+    if tb.images:
+        window = np.asarray(x[0, 0] if config.task.type == "contrastive" else x[0])
+        callbacks.append(BrainSlices(log_dir, window))
+    return callbacks
+
+
+def write_embeddings(model, datasets, labels, log_dir, split=None) -> str:
+    """Subject embeddings (mean over a subject's windows of `model.embed`) for the projector."""
+    import tensorflow as tf
+    from tensorboard.plugins import projector
+
+    config = datasets.config
+    split = split or config.data.val_split
+    dataset = datasets.evaluation(split) or datasets.evaluation(config.data.train_split)
+    if dataset is None:
+        return ""
+    embed = tf.function(model.embed, jit_compile=bool(config.optim.jit_compile))
+    sums, counts, subject_labels = {}, {}, {}
+    for window, label, subject in dataset:
+        vectors = np.asarray(embed(window), np.float64)
+        for vector, lab, sub in zip(vectors, label.numpy(), subject.numpy()):
+            sub = sub.decode()
+            sums[sub] = sums.get(sub, 0) + vector
+            counts[sub] = counts.get(sub, 0) + 1
+            subject_labels[sub] = lab
+    projector_dir = os.path.join(str(log_dir), "projector")
+    os.makedirs(projector_dir, exist_ok=True)
+    subjects = sorted(sums)
+    matrix = np.stack([sums[s] / counts[s] for s in subjects]).astype("float32")
+    names = labels.class_names
+    with open(os.path.join(projector_dir, "metadata.tsv"), "w") as f:
+        f.write("subject\tlabel\n")
+        for s in subjects:
+            lab = subject_labels[s]
+            text = names[int(lab)] if names and int(lab) >= 0 and lab == int(lab) else str(lab)
+            f.write(f"{s}\t{text}\n")
+    checkpoint = tf.train.Checkpoint(embedding=tf.Variable(matrix))
+    checkpoint.save(os.path.join(projector_dir, "embedding.ckpt"))
+    projector_config = projector.ProjectorConfig()
+    embedding = projector_config.embeddings.add()
+    embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    embedding.metadata_path = "metadata.tsv"
+    projector.visualize_embeddings(projector_dir, projector_config)
+    return projector_dir
