@@ -14,6 +14,7 @@ import pathlib
 # family -> (upstream repo, commit the port follows)
 UPSTREAM = {
     "swift": ("Transconnectome/SwiFT", "0b07cb156d77a7de33078c8f6fe3ddffa7b5ae9c"),
+    "neurostorm": ("CUHK-AIM-Group/NeuroSTORM", "a8dc38f665b104fc7559404def44695c332b47b4"),
 }
 
 
@@ -55,13 +56,14 @@ def convert(family: str, state_dict_path, out_dir, upstream_kwargs_path=None, ta
     """Convert and write the preset; returns the Keras model."""
     from tfbrain.checkpoints import read_state_dict
     from tfbrain.models.backbone import save_preset
+    from tfbrain.models.neurostorm.neurostorm_conversion import convert_neurostorm
     from tfbrain.models.swift.swift_conversion import convert_swift
     from tfbrain.version import __version__
 
     state_dict_path = pathlib.Path(state_dict_path)
     state_dict, hparams = read_state_dict(state_dict_path)
     kwargs = load_upstream_kwargs(upstream_kwargs_path, hparams, state_dict_path)
-    converters = {"swift": convert_swift}
+    converters = {"swift": convert_swift, "neurostorm": convert_neurostorm}
     model = converters[family](state_dict, kwargs, task=task)
     repo, commit = UPSTREAM[family]
     save_preset(model, out_dir, extra_metadata={
