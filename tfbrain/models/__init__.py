@@ -3,4 +3,4 @@
 from tfbrain.models.backbone import Backbone
 from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor
 from tfbrain.models.swift import SwiFT, SwiFTBackbone
-from tfbrain.models.neurostorm import NeuroSTORM, NeuroSTORMBackbone
+from tfbrain.models.neurostorm import NeuroSTORM, NeuroSTORMBackbone, NeuroSTORMMAE

@@ -1,6 +1,7 @@
 """NeuroSTORM: 4D shifted-window fMRI foundation model with Mamba mixers."""
 
 from tfbrain.models.neurostorm.neurostorm_backbone import NeuroSTORMBackbone
+from tfbrain.models.neurostorm.neurostorm_pretraining import NeuroSTORMMAE
 from tfbrain.models.neurostorm.neurostorm_presets import NEUROSTORM_PRESETS, NEUROSTORM_VARIANTS
 from tfbrain.presets import load_preset, register_presets
 
@@ -12,7 +13,8 @@ class NeuroSTORM:
 
     `NeuroSTORM.from_pretrained("neurostorm.mae-hcp")` loads a converted preset (a name
     looked up under $TFBRAIN_PRESETS and ~/.cache/tfbrain/presets, or a folder);
-    `NeuroSTORM.backbone("neurostorm_paper", **overrides)` builds an untrained variant.
+    `NeuroSTORM.backbone("neurostorm_paper", **overrides)` builds an untrained variant;
+    `NeuroSTORMMAE(backbone, mask_ratio=0.5)` wraps one for MAE pretraining.
     """
 
     @staticmethod
