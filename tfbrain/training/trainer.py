@@ -459,6 +459,27 @@ class BestPreset(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- train
 
 
+def _build_before_distributed_fit(train_model: keras.Model, datasets: "Datasets") -> None:
+    """Build losses and metrics from one local batch, then skip Keras' own symbolic build.
+
+    Keras 3.15's `fit` first reduces a distributed batch with `strategy.reduce(...)` to
+    build them; MultiWorkerMirroredStrategy cannot reduce a nested (x, {name: y}) batch
+    and fails. Building here, from an undistributed batch, makes that step unnecessary.
+    Only used under a distribution strategy.
+    """
+    import tensorflow as tf
+
+    batch = next(iter(datasets.train(0).take(1)))
+    train_model._symbolic_build(data_batch=batch)
+    train_model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    # Keras then reduces each scalar log with strategy.reduce("MEAN", v, axis=0), which
+    # fails on 0-d tensors under MultiWorkerMirroredStrategy (tensorflow/tensorflow#72388);
+    # giving the logs shape (1,) makes that reduction the intended mean over workers.
+    step = train_model.train_step
+    train_model.train_step = lambda data: {k: tf.reshape(v, (1,)) for k, v in step(data).items()}
+
+
+
 def train(config: TrainConfig, verbose: int = 1) -> dict:
     """Train (or resume) a run; returns a summary dict (paths, history, report)."""
     import tensorflow as tf
@@ -490,6 +511,8 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
             train_model = contrastive_pair_model(model) if config.task.type == "contrastive" else model
             compile_model(config, train_model, labels, total_steps)
             train_model.optimizer.build(train_model.trainable_variables)
+            if config.run.strategy != "default":
+                _build_before_distributed_fit(train_model, datasets)
         state = TrainingState(work_dir / "state")
         start_step = state.restore(train_model)["global_step"] if state.exists() else 0
         history_path = work_dir / "history.json"
