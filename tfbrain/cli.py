@@ -8,6 +8,7 @@ import sys
 
 # name -> (module, one-line help[, add-arguments function, run function]).
 SUBCOMMANDS = {
+    "prepare": ("tfrecords_tools.cli", "convert 4D NIfTI runs into a sharded TFRecord dataset"),
     "convert": ("tfbrain.conversion_cli", "convert an upstream PyTorch checkpoint to a preset folder"),
     "train": ("tfbrain.train_cli", "train or fine-tune a model from a TOML config (resumable)"),
     "evaluate": ("tfbrain.train_cli", "subject-level evaluation of a trained model",

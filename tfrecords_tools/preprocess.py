@@ -255,7 +255,7 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
         if check_finite and not np.isfinite(chunk).all():
             bad = np.argwhere(~np.isfinite(chunk))[0]
             num_bad = int((~np.isfinite(raw)).sum())
-            raise BadInputError(path, f"{num_bad} NaN/Inf voxels (first at voxel {tuple(bad[:3])}, "
+            raise BadInputError(path, f"{num_bad} NaN/Inf voxels (first at voxel {tuple(int(i) for i in bad[:3])}, "
                                       f"frame {t0 + bad[3]})")
         brain = chunk[mask].astype(np.float64) * slope + inter  # (N, t)
         total += brain.sum()

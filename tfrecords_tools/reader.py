@@ -37,13 +37,25 @@ def _select_runs(info: dict, dataset_dir: str, split: Optional[str], splits_file
     return runs
 
 
+def frame_span(num_frames: int, frames: Optional[tuple[float, float]]) -> tuple[int, int]:
+    """[first, stop) frame indices kept of a run of `num_frames` by a `frames` fraction pair."""
+    if frames is None:
+        return 0, num_frames
+    low, high = frames
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"`frames` must be (low, high) with 0 <= low < high <= 1. Received: {frames}")
+    return int(round(low * num_frames)), int(round(high * num_frames))
+
+
 def num_windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20,
-                stride: Optional[int] = None, pairs: bool = False, splits_file: Optional[str] = None) -> int:
+                stride: Optional[int] = None, pairs: bool = False, splits_file: Optional[str] = None,
+                frames: Optional[tuple[float, float]] = None) -> int:
     """Windows (or, with `pairs`, at most this many // 2 pairs) one epoch of `windows` yields."""
     info = schema.load_dataset_info(dataset_dir)
     stride = stride or window
     runs = _select_runs(info, dataset_dir, split, splits_file, None)
-    return sum(max(0, (r["num_frames"] - window) // stride + 1) for r in runs)
+    spans = [frame_span(r["num_frames"], frames) for r in runs]
+    return sum(max(0, (stop - first - window) // stride + 1) for first, stop in spans)
 
 
 def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, stride: Optional[int] = None,
@@ -51,7 +63,8 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
             pairs: bool = False, augment: Optional[Callable] = None, dtype: str = "float32",
             cache: bool | str = False, repeat: bool = False, cycle_length: int = 4,
             shuffle_buffer: int = 16, pair_buffer: int = 4, splits_file: Optional[str] = None,
-            subjects: Optional[Sequence[str]] = None, prefetch: bool = True):
+            subjects: Optional[Sequence[str]] = None, prefetch: bool = True,
+            frames: Optional[tuple[float, float]] = None):
     """A `tf.data.Dataset` of `(window, label, subject_id)` from a converted folder.
 
     Args:
@@ -71,6 +84,9 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
         repeat: repeat forever (run order reshuffled every epoch).
         cycle_length: runs read in parallel.
         splits_file, subjects: other ways to choose the subjects (subject ids or run keys).
+        frames: (low, high) fractions: keep only frames [low * n, high * n) of each run of n
+            frames, e.g. (0, 0.6) / (0.6, 0.8) / (0.8, 1) for a split in time when there is
+            one subject (no window crosses a boundary).
 
     Returns:
         elements `(window (D, H, W, T, 1), label (), subject ())`; label is int32 (class
@@ -83,7 +99,7 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
     if window < 1 or stride < 1:
         raise ValueError(f"`window` and `stride` must be >= 1. Received: window={window}, stride={stride}")
     runs = [r for r in _select_runs(info, dataset_dir, split, splits_file, subjects)
-            if r["num_frames"] >= window * (2 if pairs else 1)]
+            if np.diff(frame_span(r["num_frames"], frames))[0] >= window * (2 if pairs else 1)]
     if not runs:
         raise ValueError(f"no run of {dataset_dir} (split={split!r}) has enough frames for "
                          f"{'two windows' if pairs else 'one window'} of {window}")
@@ -100,6 +116,8 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
                        for s in sorted(shards[r["key"]], key=lambda s: s["first_frame"])) for r in runs]
     labels = [(-1 if r["label"] is None else r["label"]) for r in runs]
     labels = np.asarray(labels, np.float32 if kind == "numeric" else np.int32)
+    spans = np.asarray([frame_span(r["num_frames"], frames) for r in runs], np.int64)  # (runs, 2)
+    restrict_frames = frames is not None
     deterministic = seed is not None
     spec = {k: v for k, v in schema.feature_spec().items() if k in ("volume", "frame", "frame_label")}
 
@@ -109,9 +127,11 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
         volume = tf.reshape(volume, (-1,) + frame_shape)
         return volume, tf.cast(features["frame_label"], tf.int32), tf.cast(features["frame"], tf.int32)
 
-    def run_windows(run_files, subject, label):
+    def run_windows(run_files, subject, label, span):
         records = tf.data.TFRecordDataset(tf.strings.split(run_files, "\n"), compression_type=compression,
                                           buffer_size=8 << 20)
+        if restrict_frames:  # records are in frame order: keep frames [first, stop)
+            records = records.skip(span[0]).take(span[1] - span[0])
         if stride == window:  # each record lands in exactly one window: decode a whole window at once
             ds = records.batch(window, drop_remainder=True).map(decode)
         else:
@@ -119,8 +139,8 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
                 records = records.enumerate().filter(lambda i, _: i % stride < window).map(lambda i, r: r)
                 ds = records.batch(window, drop_remainder=True).map(decode)
             else:
-                frames = records.map(lambda r: tuple(x[0] for x in decode(r[None])))
-                ds = frames.window(window, shift=stride, drop_remainder=True).flat_map(
+                frame_ds = records.map(lambda r: tuple(x[0] for x in decode(r[None])))
+                ds = frame_ds.window(window, shift=stride, drop_remainder=True).flat_map(
                     lambda v, fl, f: tf.data.Dataset.zip((v.batch(window), fl.batch(window), f.batch(window))))
         if pairs:  # two windows of one run, never overlapping
             if shuffle:
@@ -129,7 +149,7 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
                 lambda v, fl, f: tf.abs(f[0, 0] - f[1, 0]) >= window)
         return ds.map(lambda v, fl, f: (v, fl, subject, label))
 
-    run_ds = tf.data.Dataset.from_tensor_slices((files, [r["subject"] for r in runs], labels))
+    run_ds = tf.data.Dataset.from_tensor_slices((files, [r["subject"] for r in runs], labels, spans))
     if shuffle:
         run_ds = run_ds.shuffle(len(runs), seed=seed, reshuffle_each_iteration=True)
     if repeat and not cache:

@@ -54,7 +54,8 @@ def frame_example(volume: np.ndarray, *, subject: str, run: str, frame: int,
         "frame_label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(frame_label)])),
         "label": tf.train.Feature(float_list=tf.train.FloatList(value=[float(label)])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map fields in key order, so the bytes do not depend on the process (resume, workers)
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def feature_spec() -> dict:

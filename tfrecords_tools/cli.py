@@ -1,0 +1,97 @@
+"""`tfbrain prepare` / `python -m tfrecords_tools`: convert 4D NIfTI runs into a dataset folder.
+
+Examples:
+    tfbrain prepare --bids /data/ds000030/derivatives/fmriprep --task rest \
+        --space MNI152NLin2009cAsym --label-column diagnosis -o /data/ds30_tfr
+    tfbrain prepare --table subjects.csv --label-column sex -o /data/cohort_tfr --workers 4
+    tfbrain prepare run1.nii.gz run2.nii.gz -o /tmp/tfr --target-shape 96 96 96
+"""
+
+import argparse
+import logging
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("inputs (one of)")
+    source.add_argument("files", nargs="*", help="4D NIfTI files (subject id = file name)")
+    source.add_argument("--table", help="CSV/TSV with columns path, subject[, run, mask, events, <label>]")
+    source.add_argument("--bids", help="BIDS raw or fMRIPrep derivatives folder")
+    source.add_argument("--task", help="BIDS task filter")
+    source.add_argument("--space", help="BIDS space filter (fMRIPrep)")
+    source.add_argument("--participants", help="participants.tsv (default: <bids>/participants.tsv)")
+    source.add_argument("--path-column", default="path")
+    source.add_argument("--subject-column", default="subject")
+    parser.add_argument("-o", "--output", required=True, help="dataset folder (resumes if it exists)")
+    labels = parser.add_argument_group("labels")
+    labels.add_argument("--label-column", help="table / participants.tsv column with a scalar label per subject")
+    labels.add_argument("--label-type", default="auto", choices=("auto", "categorical", "numeric", "none"))
+    labels.add_argument("--events", action="store_true",
+                        help="label frames from each run's events.tsv (window label = majority, or rest)")
+    labels.add_argument("--events-file", help="events.tsv for all given files (with positional files)")
+    labels.add_argument("--hrf-delay", type=float, default=5.0, help="seconds events are shifted by (default 5)")
+    labels.add_argument("--min-coverage", type=float, default=0.5,
+                        help="fraction of a frame that events must cover to label it (default 0.5)")
+    pre = parser.add_argument_group("preprocessing")
+    pre.add_argument("--target-shape", type=int, nargs=3, default=(96, 96, 96), metavar=("D", "H", "W"))
+    pre.add_argument("--keep-shape", action="store_true", help="no crop/pad (all runs must share a grid)")
+    pre.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resample (mm)")
+    pre.add_argument("--mask-method", default="auto", choices=("auto", "nonzero", "mean", "none"))
+    pre.add_argument("--mask-threshold", type=float, default=0.2)
+    pre.add_argument("--normalization", default="zscore", choices=("zscore", "none"))
+    pre.add_argument("--background", default="min", choices=("min", "zero"))
+    pre.add_argument("--center-on", default="brain", choices=("brain", "array"))
+    pre.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    pre.add_argument("--min-frames", type=int, default=20, help="runs shorter than this are bad input")
+    out = parser.add_argument_group("output")
+    out.add_argument("--compression", default="GZIP", choices=("GZIP", "none"))
+    out.add_argument("--shard-size-mb", type=float, default=128.0)
+    out.add_argument("--workers", type=int, default=2, help="parallel processes (0: in-process)")
+    out.add_argument("--skip-bad", action="store_true", help="log and skip bad inputs instead of stopping")
+    out.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
+    out.add_argument("--split-seed", type=int, default=0)
+    out.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import tfrecords_tools as tt
+    from tfrecords_tools import sources
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    chosen = [bool(args.files), bool(args.table), bool(args.bids)]
+    if sum(chosen) != 1:
+        print("error: give exactly one of: NIfTI files, --table, --bids", file=sys.stderr)
+        return 2
+    try:
+        if args.bids:
+            runs = tt.runs_from_bids(args.bids, task=args.task, space=args.space, label_column=args.label_column,
+                                     participants=args.participants, use_events=args.events)
+        elif args.table:
+            runs = tt.runs_from_table(args.table, path_column=args.path_column, subject_column=args.subject_column,
+                                      label_column=args.label_column)
+        else:
+            runs = tt.runs_from_files(args.files)
+            if args.events_file:
+                runs = [sources.Run(**{**r.__dict__, "events_path": args.events_file}) for r in runs]
+        config = tt.PreprocessConfig(
+            target_shape=None if args.keep_shape else tuple(args.target_shape), voxel_size=args.voxel_size,
+            mask_method=args.mask_method, mask_threshold=args.mask_threshold, normalization=args.normalization,
+            background=args.background, center_on=args.center_on, dtype=args.dtype, min_frames=args.min_frames)
+        summary = tt.convert(
+            runs, args.output, config=config, compression="" if args.compression == "none" else "GZIP",
+            shard_size_mb=args.shard_size_mb, workers=args.workers, skip_bad=args.skip_bad,
+            label_type=args.label_type, use_events=args.events or bool(args.events_file),
+            hrf_delay=args.hrf_delay, min_coverage=args.min_coverage, split_fractions=tuple(args.split),
+            split_seed=args.split_seed, progress=not args.no_progress)
+    except tt.BadInputError as error:
+        print(f"error: {error}\n(use --skip-bad to skip bad inputs)", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfrecords_tools",
+                                     description="convert 4D NIfTI runs into a sharded TFRecord dataset")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
