@@ -161,15 +161,16 @@ def _validate(volume_shape, patch_size, depths, first_window_size, window_size, 
     for a in range(3):
         if volume_shape[a] % patch_size[a]:
             raise ValueError(f"volume_shape axis {a} ({volume_shape[a]}) must be a multiple of "
-                             f"patch_size ({patch_size[a]}). Received: volume_shape={volume_shape}, "
-                             f"patch_size={patch_size}")
+                             f"patch_size ({patch_size[a]}). Received: "
+                             f"volume_shape={volume_shape}, patch_size={patch_size}")
         if grid[a] % 2 ** (len(depths) - 1):
             raise ValueError(f"The patch grid {tuple(grid)} must be divisible by 2 at each of the "
                              f"{len(depths) - 1} merges. Received: volume_shape={volume_shape}, "
                              f"patch_size={patch_size}, depths={depths}")
     if volume_shape[3] > max_frames:
-        raise ValueError(f"volume_shape has T={volume_shape[3]} frames but max_frames={max_frames}; "
-                         "the temporal position table cannot cover longer windows.")
+        raise ValueError(f"volume_shape has T={volume_shape[3]} frames but "
+                         f"max_frames={max_frames}; the temporal position table cannot cover "
+                         "longer windows.")
 
 
 def _check_input(fmri, volume_shape, max_frames):

@@ -17,8 +17,9 @@ NEUROSTORM_VARIANTS = {
 }
 
 _UPSTREAM = "huggingface.co/zxcvb20001/NeuroSTORM (pretraining/<dataset>/)"
-_HOW = ("download {ckpt} from " + _UPSTREAM + " yourself, then run: pip install 'tfbrain[torch]' && "
-        "tfbrain convert neurostorm --state-dict {ckpt} --out ~/.cache/tfbrain/presets/{name}")
+_HOW = ("download {ckpt} from " + _UPSTREAM + " yourself, then run: "
+        "pip install 'tfbrain[torch]' && tfbrain convert neurostorm --state-dict {ckpt} "
+        "--out ~/.cache/tfbrain/presets/{name}")
 
 # Only per-dataset MAE pretraining checkpoints are published (upstream issue #4);
 # converting one keeps the encoder as a NeuroSTORMBackbone (the decoder is dropped).

@@ -189,8 +189,9 @@ class NeuroSTORMMAE(keras.Model):
             raise ValueError("`backbone` must be a NeuroSTORMBackbone. "
                              f"Received: backbone={type(backbone).__name__}")
         if backbone.c_multiplier != 2:
-            raise ValueError("The MAE decoder expands 2x2x2 and halves the width, so the backbone "
-                             f"needs c_multiplier=2. Received: c_multiplier={backbone.c_multiplier}")
+            raise ValueError("The MAE decoder expands 2x2x2 and halves the width, so the "
+                             "backbone needs c_multiplier=2. Received: "
+                             f"c_multiplier={backbone.c_multiplier}")
 
         # === Encoder: the backbone's own layers, with masking after the patch embedding ===
         fmri = keras.Input(shape=backbone.volume_shape, name="fmri")  # (B, D, H, W, T, C_in)

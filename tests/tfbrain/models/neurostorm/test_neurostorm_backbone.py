@@ -61,9 +61,10 @@ class NeuroSTORMBackboneTest(TestCase):
 
     def test_bad_inputs(self):
         backbone = NeuroSTORMBackbone(**self.init_kwargs)
-        with self.assertRaisesRegex(ValueError, r"expects fmri windows of shape \(batch, 8, 8, 8, 4, 1\)"):
+        expected = r"expects fmri windows of shape \(batch, 8, 8, 8, 4, 1\)"
+        with self.assertRaisesRegex(ValueError, expected):
             backbone(np.zeros((2, 8, 8, 8, 4), "float32"))
-        with self.assertRaisesRegex(ValueError, r"expects fmri windows of shape \(batch, 8, 8, 8, 4, 1\)"):
+        with self.assertRaisesRegex(ValueError, expected):
             backbone(np.zeros((2, 8, 8, 16, 4, 1), "float32"))
         with self.assertRaisesRegex(ValueError, "was built for T=4"):
             backbone(np.zeros((2, 8, 8, 8, 3, 1), "float32"))
