@@ -77,6 +77,8 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
         seed: makes order and augmentation deterministic; None for nondeterministic speed.
         pairs: yield two non-overlapping windows of the same run per element,
             `window` of shape (2, D, H, W, T, 1), for contrastive (NT-Xent) pretraining.
+            The run's windows then use stride max(stride, window) and are paired at random
+            within a buffer of `pair_buffer` windows; each window is used once per epoch.
         augment: `fn(window, seed) -> window` on one (D, H, W, T, 1) float window with a
             stateless seed of shape (2,); see `tfrecords_tools.augment.Augment`.
         dtype: dtype of the windows handed out.
@@ -96,6 +98,8 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
 
     info = schema.load_dataset_info(dataset_dir)
     stride = stride or window
+    if pairs:  # views come from non-overlapping windows by construction, then random pairs of those
+        stride = max(stride, window)
     if window < 1 or stride < 1:
         raise ValueError(f"`window` and `stride` must be >= 1. Received: window={window}, stride={stride}")
     runs = [r for r in _select_runs(info, dataset_dir, split, splits_file, subjects)
@@ -183,6 +187,7 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
                                    augment(volume[1], element_seed + [0, 1 << 40])])
             else:
                 volume = augment(volume, element_seed)
+        volume = tf.ensure_shape(volume, ((2,) if pairs else ()) + frame_shape + (window, 1))  # static for XLA
         return volume, tf.cast(label, label_dtype), subject
 
     ds = ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
