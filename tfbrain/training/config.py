@@ -23,8 +23,9 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     splits_file: str = ""            # optional splits JSON instead of the dataset's splits.json
+    time_split: list = dataclasses.field(default_factory=list)  # [train, val, test] fractions of
+    #                                  every run in time, instead of splitting by subject
     shuffle_buffer: int = 16
-    cache: bool = False              # cache decoded windows in memory
     label_groups: dict = dataclasses.field(default_factory=dict)  # {"new": ["old", ...]}
     noise_std: float = 0.0           # Gaussian noise augmentation (training only)
 
@@ -143,6 +144,10 @@ class TrainConfig:
         for name in ("window", "stride", "eval_stride", "batch_size", "eval_batch_size"):
             if getattr(self.data, name) < 1:
                 fail(f"[data] {name} must be >= 1; got {getattr(self.data, name)}")
+        if self.data.time_split:
+            fractions = self.data.time_split
+            if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) > 1 + 1e-9:
+                fail(f"[data] time_split must be 3 non-negative fractions summing to <= 1; got {fractions}")
         if self.optim.epochs < 1:
             fail(f"[optim] epochs must be >= 1; got {self.optim.epochs}")
         if not 0 <= self.optim.warmup_fraction < 1:

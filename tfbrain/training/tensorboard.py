@@ -4,7 +4,7 @@
                            validation metrics (Keras' TensorBoard callback)
   train/                   weight histograms, gradient histograms (`gradients/<variable>`),
                            images `slices/{axial,coronal,sagittal}` of an input window
-  projector/               subject embeddings (token-mean backbone output) with labels
+  projector/               window embeddings (token-mean backbone output), subject + label
   plugins/profile/         the profiler trace, when `[tensorboard] profile_steps` is set
 """
 
@@ -100,8 +100,9 @@ def tensorboard_callbacks(config, log_dir, datasets) -> list:
     return callbacks
 
 
-def write_embeddings(model, datasets, labels, log_dir, split=None) -> str:
-    """Subject embeddings (mean over a subject's windows of `model.embed`) for the projector."""
+def write_embeddings(model, datasets, labels, log_dir, split=None, max_windows: int = 5000) -> str:
+    """Window embeddings (`model.embed`: token-mean backbone output) for the projector,
+    with subject and label columns (colour by subject to see subject clusters)."""
     import tensorflow as tf
     from tensorboard.plugins import projector
 
@@ -111,25 +112,24 @@ def write_embeddings(model, datasets, labels, log_dir, split=None) -> str:
     if dataset is None:
         return ""
     embed = tf.function(model.embed, jit_compile=bool(config.optim.jit_compile))
-    sums, counts, subject_labels = {}, {}, {}
+    vectors, rows = [], []
+    names = labels.class_names
     for window, label, subject in dataset:
-        vectors = np.asarray(embed(window), np.float64)
-        for vector, lab, sub in zip(vectors, label.numpy(), subject.numpy()):
-            sub = sub.decode()
-            sums[sub] = sums.get(sub, 0) + vector
-            counts[sub] = counts.get(sub, 0) + 1
-            subject_labels[sub] = lab
+        vectors.append(np.asarray(embed(window), np.float32))
+        for lab, sub in zip(label.numpy(), subject.numpy()):
+            if labels.mapping is not None and lab >= 0:
+                lab = labels.mapping[lab]
+            is_class = names and labels.task_type == "classification" and 0 <= lab < len(names)
+            rows.append((sub.decode(), names[int(lab)] if is_class else f"{lab:g}"))
+        if len(rows) >= max_windows:
+            break
     projector_dir = os.path.join(str(log_dir), "projector")
     os.makedirs(projector_dir, exist_ok=True)
-    subjects = sorted(sums)
-    matrix = np.stack([sums[s] / counts[s] for s in subjects]).astype("float32")
-    names = labels.class_names
+    matrix = np.concatenate(vectors)[:max_windows]
     with open(os.path.join(projector_dir, "metadata.tsv"), "w") as f:
         f.write("subject\tlabel\n")
-        for s in subjects:
-            lab = subject_labels[s]
-            text = names[int(lab)] if names and int(lab) >= 0 and lab == int(lab) else str(lab)
-            f.write(f"{s}\t{text}\n")
+        for subject, label in rows[:len(matrix)]:
+            f.write(f"{subject}\t{label}\n")
     checkpoint = tf.train.Checkpoint(embedding=tf.Variable(matrix))
     checkpoint.save(os.path.join(projector_dir, "embedding.ckpt"))
     projector_config = projector.ProjectorConfig()

@@ -88,8 +88,9 @@ class LabelSpec:
             if self.kind != "numeric":
                 raise ValueError(f"{dataset_dir} has {self.kind} labels; regression needs numeric labels")
             splits_file = config.data.splits_file or None
+            split = None if config.data.time_split else config.data.train_split
             targets, weights = [], []
-            for run in _runs_of_split(info, dataset_dir, config.data.train_split, splits_file):
+            for run in _runs_of_split(info, dataset_dir, split, splits_file):
                 count = max(0, (run["num_frames"] - config.data.window) // config.data.stride + 1)
                 targets.append(run["label"])
                 weights.append(count)
@@ -216,9 +217,10 @@ class Datasets:
         self.splits_file = data.splits_file or None
         info = tfrecords_tools.load_dataset_info(data.dataset_dir)
         self.window_shape = (*info["frame_shape"], data.window, 1)  # (D, H, W, T, 1)
+        split, frames = self.selection(data.train_split)
         self.windows_per_epoch = tfrecords_tools.num_windows(
-            data.dataset_dir, data.train_split, window=data.window, stride=data.stride,
-            splits_file=self.splits_file)
+            data.dataset_dir, split, window=data.window, stride=data.stride,
+            splits_file=self.splits_file, frames=frames)
         if config.task.type == "contrastive":
             self.windows_per_epoch //= 2
         self.steps_per_epoch = config.optim.steps_per_epoch or self.windows_per_epoch // data.batch_size
@@ -226,6 +228,18 @@ class Datasets:
             raise ValueError(f"{data.dataset_dir}: the {data.train_split!r} split has "
                              f"{self.windows_per_epoch} training windows, fewer than one batch of "
                              f"{data.batch_size}")
+
+    def selection(self, split: str):
+        """(split name for the reader, frames fractions): by subject, or by time within runs."""
+        data = self.config.data
+        if not data.time_split:
+            return split, None
+        names = [data.train_split, data.val_split, data.test_split]
+        if split not in names:
+            raise ValueError(f"with [data] time_split, splits are {names}; got {split!r}")
+        bounds = np.concatenate([[0.0], np.cumsum(data.time_split)])
+        index = names.index(split)
+        return None, (float(bounds[index]), float(min(bounds[index + 1], 1.0)))
 
     def train(self, epoch: int, skip_batches: int = 0):
         """Epoch `epoch`'s batches, fixed by (seed, epoch): `((x, y))` pairs for fit."""
@@ -240,11 +254,13 @@ class Datasets:
             from tfrecords_tools.augment import Augment
 
             augment = Augment(noise_std=data.noise_std)
+        split, frames = self.selection(data.train_split)
         ds = tfrecords_tools.windows(
-            data.dataset_dir, data.train_split, window=data.window, stride=data.stride,
+            data.dataset_dir, split, window=data.window, stride=data.stride,
             batch_size=data.batch_size, shuffle=True, seed=self.config.run.seed * 100_003 + epoch,
-            pairs=contrastive, augment=augment, cache=data.cache, repeat=True,
-            shuffle_buffer=data.shuffle_buffer, splits_file=self.splits_file, prefetch=False)
+            pairs=contrastive, augment=augment, repeat=True,
+            shuffle_buffer=data.shuffle_buffer, splits_file=self.splits_file, prefetch=False,
+            frames=frames)
         shape = (data.batch_size,) + ((2,) if contrastive else ()) + self.window_shape
         ds = ds.map(lambda x, label, subject: (tf.ensure_shape(x, shape), label, subject))
         if contrastive:
@@ -262,10 +278,12 @@ class Datasets:
         import tfrecords_tools
 
         data = self.config.data
+        reader_split, frames = self.selection(split)
         try:
             ds = tfrecords_tools.windows(
-                data.dataset_dir, split, window=data.window, stride=data.eval_stride, shuffle=False,
-                seed=0, pairs=pairs, cache=False, splits_file=self.splits_file)
+                data.dataset_dir, reader_split, window=data.window, stride=data.eval_stride,
+                shuffle=False, seed=0, pairs=pairs, cache=False, splits_file=self.splits_file,
+                frames=frames)
         except ValueError:
             return None  # the split is empty or has no run long enough
         shape = ((2,) if pairs else ()) + self.window_shape

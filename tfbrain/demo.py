@@ -1,0 +1,187 @@
+"""The main job on the bundled real sample, end to end (README command one).
+
+    python -m tfbrain.demo [--out demo_out] [--epochs 12] [--no-serve]
+
+1. prepare: the shipped studyforrest localizer run (40x40x17x156, public domain) ->
+   a TFRecord dataset, frames labelled from events.tsv (stimulus category or rest);
+2. train: a small SwiFT to tell stimulation windows from rest, on the first 60% of
+   the run (validation: the next 20%, test: the last 20%; one subject, so the split
+   is in time, not by subject), logged to TensorBoard;
+3. evaluate: window-level metrics on the held-out test frames, against the majority class;
+4. attribute: an Integrated-Gradients map, written as NIfTI in the run's original space;
+5. export + serve: a TF-Serving SavedModel, served by the local gRPC server and
+   queried with the real PredictionService client.
+Prints where everything went.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+
+def demo_config(dataset_dir: str, output_dir: str, epochs: int) -> dict:
+    """A small SwiFT on 8-frame windows of the 48x48x24 sample grid."""
+    return {
+        "data": {"dataset_dir": dataset_dir, "window": 8, "stride": 2, "eval_stride": 4,
+                 "batch_size": 4, "eval_batch_size": 8, "train_split": "train",
+                 "val_split": "val", "test_split": "test", "time_split": [0.6, 0.2, 0.2],
+                 "shuffle_buffer": 64,
+                 "label_groups": {"rest": ["rest"],
+                                  "stimulus": ["body", "face", "house", "object", "scene", "scramble"]}},
+        "model": {"variant": "swift_small",
+                  "backbone": {"patch_size": [4, 4, 4, 1], "hidden_dim": 16, "depths": [2, 2],
+                               "num_heads": [2, 4], "first_window_size": [3, 3, 3, 4],
+                               "window_size": [3, 3, 3, 4], "last_layer_full_msa": True,
+                               "dropout_rate": 0.1}},
+        "task": {"type": "classification"},
+        "optim": {"learning_rate": 1e-3, "weight_decay": 0.05, "epochs": epochs,
+                  "warmup_fraction": 0.1, "clip_norm": 1.0, "jit_compile": True},
+        "run": {"output_dir": output_dir, "seed": 1, "monitor": "val_window_balanced_accuracy"},
+        "tensorboard": {"enabled": True},
+    }
+
+
+def step(title: str) -> float:
+    print(f"\n=== {title} ===", flush=True)
+    return time.time()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--no-serve", action="store_true", help="skip export + serving")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    import numpy as np
+
+    import tfrecords_tools
+    from tfbrain.sample_data import studyforrest_localizer
+    from tfbrain.training.config import TrainConfig
+    from tfbrain.training.metrics import format_report
+    from tfbrain.training.trainer import train
+
+    sample = studyforrest_localizer()
+    started = time.time()
+
+    t = step("1. prepare: NIfTI -> TFRecords")
+    dataset_dir = str(out / "dataset")
+    runs = [tfrecords_tools.Run(path=sample["bold"], subject="forrest01", events_path=sample["events"])]
+    config = tfrecords_tools.PreprocessConfig(target_shape=(48, 48, 24), mask_method="mean",
+                                              min_frames=8)
+    print(tfrecords_tools.convert(runs, dataset_dir, config=config, workers=0, use_events=True,
+                                  progress=False))
+    print(f"({time.time() - t:.1f} s)")
+
+    t = step("2. train: SwiFT, stimulation vs rest (TensorBoard logged)")
+    train_config = TrainConfig.from_dict(demo_config(dataset_dir, str(out / "run"), args.epochs))
+    summary = train(train_config, verbose=2)
+    history = summary["history"]
+    print(f"training loss {history[0]['loss']:.3f} (epoch 1) -> {history[-1]['loss']:.3f} "
+          f"(epoch {len(history)}); {time.time() - t:.0f} s")
+
+    t = step("3. evaluate: held-out test frames (last 20% of the run)")
+    report = summary["report"]
+    test = report.get(train_config.data.test_split)
+    majority = None
+    if test:
+        print(format_report(test))
+        labels = _window_labels(train_config, summary)
+        majority = max(np.mean(labels), 1 - np.mean(labels)) if len(labels) else None
+        print(f"majority-class accuracy on the same windows: {majority:.3f}")
+    (out / "demo_report.json").write_text(json.dumps({"report": report, "majority_accuracy": majority,
+                                                      "history": history}, indent=2))
+
+    t = step("4. attribute: Integrated Gradients -> NIfTI in the original space")
+    from tfbrain.presets import load_preset
+    from tfbrain.training.attribution import write_attribution
+
+    best = load_preset(summary["best"])
+    attribution = write_attribution(best, dataset_dir, "forrest01", str(out / "attribution_ig.nii.gz"),
+                                    window=train_config.data.window, stride=16, steps=16)
+    print(f"{attribution['nifti']} shape {attribution['shape']} from {attribution['num_windows']} "
+          f"windows ({time.time() - t:.0f} s)")
+
+    served = None
+    if not args.no_serve:
+        t = step("5. export for TF-Serving, serve locally, query over gRPC")
+        served = _export_and_query(summary["best"], out, dataset_dir, train_config)
+        print(f"({time.time() - t:.0f} s)")
+
+    print("\n=== where everything went ===")
+    print(f"dataset (TFRecords):   {dataset_dir}")
+    print(f"run folder:            {summary['output_dir']}  (best/, final/, state/, report.json)")
+    print(f"TensorBoard:           tensorboard --logdir {summary['tensorboard']} --host 127.0.0.1")
+    print(f"evaluation report:     {out / 'demo_report.json'}")
+    print(f"attribution map:       {attribution['nifti']}")
+    if served:
+        print(f"TF-Serving model base: {served['model_base']}  (version {served['version']})")
+    print(f"total time:            {time.time() - started:.0f} s")
+    return 0
+
+
+def _window_labels(train_config, summary) -> list:
+    """Binary labels (stimulus = 1) of the test windows, for the majority baseline."""
+    import numpy as np
+
+    from tfbrain.training.trainer import Datasets, LabelSpec
+    import tfrecords_tools
+
+    info = tfrecords_tools.load_dataset_info(train_config.data.dataset_dir)
+    labels = LabelSpec(train_config, info, train_config.data.dataset_dir)
+    dataset = Datasets(train_config, labels).evaluation(train_config.data.test_split)
+    if dataset is None:
+        return []
+    raw = np.concatenate([label.numpy() for _, label, _ in dataset])
+    return labels.mapping[raw].tolist()
+
+
+def _export_and_query(best_dir, out, dataset_dir, train_config) -> dict:
+    """Export the best model, start `python -m serving` on a free port, query it."""
+    import subprocess
+
+    import numpy as np
+
+    import tfrecords_tools
+    from serving.client import PredictionClient
+    from tfbrain.export import export_preset
+    from tfbrain.presets import load_preset
+
+    model_base = out / "models"
+    exported = export_preset(best_dir, model_base, "swift_demo")
+    print(f"exported {exported}")
+    ready = out / "server.port"
+    ready.unlink(missing_ok=True)
+    log = open(out / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "serving", "--model-base", str(model_base),
+                               "--port", "0", "--ready-file", str(ready)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while not ready.exists():
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the local server did not start; see {out / 'server.log'}")
+            time.sleep(0.5)
+        port = ready.read_text().strip()
+        window = next(iter(tfrecords_tools.windows(dataset_dir, None, window=train_config.data.window,
+                                                   shuffle=False, seed=0)))[0].numpy()
+        with PredictionClient(f"127.0.0.1:{port}", "swift_demo", use_fp16=True) as client:
+            served = client.predict(window[None])
+        local = np.asarray(load_preset(best_dir)(window[None])["logits"])
+        print(f"gRPC Predict on 127.0.0.1:{port} (float16 payload): "
+              + ", ".join(f"{k}={np.round(np.asarray(v), 4).tolist()}" for k, v in sorted(served.items()))
+              + f"; in-process logit {np.round(local, 4).tolist()}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    return {"model_base": str(model_base), "version": pathlib.Path(str(exported)).name}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
