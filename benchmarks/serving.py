@@ -14,8 +14,8 @@ sequential requests of one window:
     grpc fp16    the same with float16 windows to `serving_default_fp16` (the client casts)
     grpc fp16 (fp16 data)   the window is float16 already, as tfrecords_tools stores it
 
-Latency is wall time per call (p50, p99 over --repeats after --warmup calls); throughput
-is windows per second of the sequential loop. The aim: grpc fp16 p50 <= in-process p50 + 15%.
+Latency is wall time per call (p50, p99 over --repeats after --warmup calls; the paths
+take turns, call by call); throughput is windows per second of that sequential loop. The aim: grpc fp16 p50 <= in-process p50 + 15%.
 On a shared CPU machine the client and server compete for the same cores; numbers are
 noisy (report the machine load with them).
 """
@@ -63,14 +63,18 @@ def percentiles(seconds: list[float]) -> dict:
             "n": len(ms)}
 
 
-def time_calls(call, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    times = []
+def time_interleaved(calls: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Wall time of each call, taken in rotation so that load from other processes on a
+    shared machine falls on every path alike."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times = {label: [] for label in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+        for label, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[label].append(time.perf_counter() - start)
     return times
 
 
@@ -107,21 +111,24 @@ def run_config(name: str, variant: str | None, preset: str | None, repeats: int,
         window = np.random.default_rng(0).standard_normal((1,) + window_shape).astype(np.float32)
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         expected = signature(fmri=tf.constant(window))["logits"].numpy()
-        rows = {"in-process": time_calls(lambda: signature(fmri=tf.constant(window))["logits"].numpy(),
-                                         repeats, warmup)}
+        calls = {"in-process": lambda: signature(fmri=tf.constant(window))["logits"].numpy()}
         process, target = start_server(path.parent, workdir)
-        errors = {}
+        errors, clients = {}, []
         try:
             # "fp16 data": the window is float16 already (tfrecords_tools stores float16), so
             # the client skips the float32 -> float16 conversion (about 0.1 s for 96^3 x 20).
             window16 = window.astype(np.float16)
             for label, use_fp16, payload in (("grpc fp32", False, window), ("grpc fp16", True, window),
                                              ("grpc fp16 (fp16 data)", True, window16)):
-                with PredictionClient(target, "bench", use_fp16=use_fp16, timeout_s=600) as client:
-                    got = client.predict(payload)["logits"]
-                    errors[label] = float(np.max(np.abs(got - expected)))
-                    rows[label] = time_calls(lambda: client.predict(payload), repeats, warmup)
+                client = PredictionClient(target, "bench", use_fp16=use_fp16, timeout_s=600)
+                clients.append(client)
+                got = client.predict(payload)["logits"]
+                errors[label] = float(np.max(np.abs(got - expected)))
+                calls[label] = (lambda c, x: lambda: c.predict(x))(client, payload)
+            rows = time_interleaved(calls, repeats, warmup)
         finally:
+            for client in clients:
+                client.close()
             process.terminate()
             process.wait(timeout=60)
     finally:

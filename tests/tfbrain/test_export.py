@@ -103,6 +103,13 @@ class ExportTest(TestCase):
         self.assertEqual(export.find_must_compile_functions(self.path), [])
         self.assertEqual(export.find_python_ops(self.path), [])
 
+    def test_fp16_upcast_is_not_inlined(self):
+        # Inlined, Grappler reorders the cast and the float16 signatures run slower on CPU.
+        library = export._read_saved_model_proto(self.path).meta_graphs[0].graph_def.library
+        noinline = [f for f in library.function if f.attr["_noinline"].b]
+        self.assertTrue(noinline)
+        self.assertTrue(all(any(n.op == "Cast" for n in f.node_def) for f in noinline))
+
     def test_refuses_xla_must_compile_graph(self):
         fmri = keras.Input(VOLUME, name="fmri")
         model = keras.Model(fmri, XLASquare()(fmri))
