@@ -85,9 +85,23 @@ class Task(keras.Model):
         return cls(**config)
 
 
-def _check_head(head, allowed):
-    if head not in allowed:
-        raise ValueError(f"`head` must be one of {allowed}. Received: head={head!r}")
+def linear_head(output_name, num_outputs, head, dropout_rate, width):
+    """SwiFT's clf_mlp heads: token mean -> [dropout] -> [Linear(4C) (v2)] -> Linear.
+
+    Returns a function `(B, ..., C) features -> {output_name: (B, num_outputs)}`.
+    """
+    if head not in ("v1", "v2"):
+        raise ValueError(f"`head` must be one of ('v1', 'v2'). Received: head={head!r}")
+
+    def outputs_fn(features):
+        x = TokenMeanPool(name="pool")(features)
+        if dropout_rate:
+            x = keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
+        if head == "v2":
+            x = keras.layers.Dense(4 * width, name="hidden")(x)  # no activation, as released
+        return {output_name: keras.layers.Dense(num_outputs, name="head")(x)}
+
+    return outputs_fn
 
 
 @keras.saving.register_keras_serializable(package="tfbrain")
@@ -104,17 +118,7 @@ class FMRIClassifier(Task):
     task_type = "classification"
 
     def __init__(self, backbone, num_classes=1, head="v1", dropout_rate=0.0, **kwargs):
-        _check_head(head, ("v1", "v2"))
-        width = backbone.output.shape[-1]
-
-        def outputs_fn(features):
-            x = TokenMeanPool(name="pool")(features)
-            if dropout_rate:
-                x = keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
-            if head == "v2":
-                x = keras.layers.Dense(4 * width, name="hidden")(x)
-            return {"logits": keras.layers.Dense(num_classes, name="head")(x)}
-
+        outputs_fn = linear_head("logits", num_classes, head, dropout_rate, backbone.output.shape[-1])
         super().__init__(backbone, outputs_fn, **kwargs)
         self.num_classes = num_classes
         self.head = head
@@ -143,17 +147,8 @@ class FMRIRegressor(Task):
     task_type = "regression"
 
     def __init__(self, backbone, num_outputs=1, head="v1", dropout_rate=0.0, **kwargs):
-        _check_head(head, ("v1", "v2"))
-        width = backbone.output.shape[-1]
-
-        def outputs_fn(features):
-            x = TokenMeanPool(name="pool")(features)
-            if dropout_rate:
-                x = keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
-            if head == "v2":
-                x = keras.layers.Dense(4 * width, name="hidden")(x)
-            return {"prediction": keras.layers.Dense(num_outputs, name="head")(x)}
-
+        outputs_fn = linear_head("prediction", num_outputs, head, dropout_rate,
+                                 backbone.output.shape[-1])
         super().__init__(backbone, outputs_fn, **kwargs)
         self.num_outputs = num_outputs
         self.head = head
