@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pre.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resample (mm)")
     pre.add_argument("--mask-method", default="auto", choices=("auto", "nonzero", "mean", "none"))
     pre.add_argument("--mask-threshold", type=float, default=0.2)
-    pre.add_argument("--normalization", default="zscore", choices=("zscore", "none"))
+    pre.add_argument("--normalization", default="zscore", choices=("zscore", "voxelwise", "none"))
     pre.add_argument("--background", default="min", choices=("min", "zero"))
     pre.add_argument("--center-on", default="brain", choices=("brain", "array"))
     pre.add_argument("--dtype", default="float16", choices=("float16", "float32"))

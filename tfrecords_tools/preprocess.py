@@ -34,7 +34,9 @@ class PreprocessConfig:
             `mask_threshold` x its 98th percentile, for raw EPI), `auto` (`nonzero` when at
             least 30% of voxels are zero in every frame, else `mean`), or `none` (all voxels).
         mask_threshold: fraction used by `mean`.
-        normalization: `zscore` (mean/std over brain voxels of the whole run) or `none`.
+        normalization: `zscore` (mean/std over brain voxels of the whole run), `voxelwise`
+            (each brain voxel's own mean/std over time: keeps only the BOLD fluctuations,
+            as SwiFT's optional voxel-wise normalisation), or `none`.
         background: `min` (brain minimum after normalisation, as SwiFT) or `zero`.
         center_on: `brain` (centre the brain's bounding box in the target grid) or `array`.
         dtype: storage dtype, `float16` or `float32`.
@@ -54,8 +56,9 @@ class PreprocessConfig:
     def __post_init__(self):
         if self.mask_method not in MASK_METHODS:
             raise ValueError(f"`mask_method` must be one of {MASK_METHODS}. Received: {self.mask_method!r}")
-        if self.normalization not in ("zscore", "none"):
-            raise ValueError(f"`normalization` must be 'zscore' or 'none'. Received: {self.normalization!r}")
+        if self.normalization not in ("zscore", "voxelwise", "none"):
+            raise ValueError("`normalization` must be 'zscore', 'voxelwise' or 'none'. "
+                             f"Received: {self.normalization!r}")
         if self.background not in ("min", "zero"):
             raise ValueError(f"`background` must be 'min' or 'zero'. Received: {self.background!r}")
         if self.center_on not in ("brain", "array"):
@@ -249,6 +252,8 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
 
     # One pass over the run: finiteness, then brain mean/std/min in float64.
     total, total_sq, count, brain_min = 0.0, 0.0, 0, np.inf
+    voxel_sum = np.zeros(int(mask.sum()), np.float64)  # per brain voxel, for `voxelwise`
+    voxel_sq = np.zeros_like(voxel_sum)
     check_finite = not np.issubdtype(raw.dtype, np.integer)
     for t0 in range(0, num_frames, 32):
         chunk = raw[..., t0:t0 + 32]
@@ -262,15 +267,29 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
         total_sq += np.square(brain).sum()
         count += brain.size
         brain_min = min(brain_min, brain.min())
+        voxel_sum += brain.sum(axis=1)
+        voxel_sq += np.square(brain).sum(axis=1)
     mean = total / count
     std = float(np.sqrt(max(total_sq / count - mean ** 2, 0.0)))
     if config.normalization == "zscore":
         if not std > 0:
             raise BadInputError(path, "brain signal is constant (std 0); cannot z-score")
         shift, scale = mean, std
+    elif config.normalization == "voxelwise":
+        voxel_mean = voxel_sum / num_frames
+        voxel_std = np.sqrt(np.maximum(voxel_sq / num_frames - voxel_mean ** 2, 0.0))
+        voxel_std[voxel_std == 0] = 1.0  # a constant voxel stays at 0
+        shift = np.zeros(spatial, np.float32)
+        scale = np.ones(spatial, np.float32)
+        shift[mask], scale[mask] = voxel_mean, voxel_std
     else:
         shift, scale = 0.0, 1.0
-    background = float((brain_min - shift) / scale) if config.background == "min" else 0.0
+    if config.normalization == "voxelwise":
+        # the lowest z-value of the brain is unknown before the frames are written; 0 (each
+        # voxel's own mean) is the natural background for this normalisation
+        background = 0.0
+    else:
+        background = float((brain_min - shift) / scale) if config.background == "min" else 0.0
 
     affine = np.asarray(img.affine, np.float64)
     if config.voxel_size is not None:
