@@ -41,3 +41,51 @@ class Backbone(keras.Model):
             raise ValueError(f"Preset {preset!r} holds a {type(model).__name__}, "
                              f"not a {cls.__name__}.")
         return model
+
+
+def check_volume_geometry(volume_shape, patch_size, num_stages, max_frames) -> None:
+    """Constructor checks shared by the 4D Swin backbones (SwiFT, NeuroSTORM)."""
+    if len(volume_shape) != 5:
+        raise ValueError("`volume_shape` must be (D, H, W, T, C_in). "
+                         f"Received: volume_shape={volume_shape}")
+    if len(patch_size) != 4 or patch_size[3] != 1:
+        raise ValueError("`patch_size` must be (pd, ph, pw, 1): time is not patched. "
+                         f"Received: patch_size={patch_size}")
+    if num_stages < 1:
+        raise ValueError("`depths` needs at least one stage.")
+    grid = [volume_shape[a] // patch_size[a] for a in range(3)]
+    for a in range(3):
+        if volume_shape[a] % patch_size[a]:
+            raise ValueError(f"volume_shape axis {a} ({volume_shape[a]}) must be a multiple of "
+                             f"patch_size ({patch_size[a]}). Received: volume_shape={volume_shape}, "
+                             f"patch_size={patch_size}")
+        if grid[a] % 2 ** (num_stages - 1):
+            raise ValueError(f"The patch grid {tuple(grid)} must be divisible by 2 at each of the "
+                             f"{num_stages - 1} merges. Received: volume_shape={volume_shape}, "
+                             f"patch_size={patch_size}, {num_stages} stages")
+    if volume_shape[3] > max_frames:
+        raise ValueError(f"volume_shape has T={volume_shape[3]} frames but max_frames={max_frames}; "
+                         "the temporal position table cannot cover longer windows.")
+
+
+def check_fmri_input(model_name: str, fmri, volume_shape, max_frames) -> None:
+    """Clear errors for the usual input mistakes, before Keras' generic input check."""
+    shape = getattr(fmri, "shape", None)
+    if shape is None:
+        return
+    expected = f"(batch, {', '.join(str(v) for v in volume_shape)})"
+    if len(shape) != 6:
+        raise ValueError(f"{model_name} expects fmri windows of shape {expected} "
+                         f"(B, D, H, W, T, C), channels-last; received rank {len(shape)} "
+                         f"shape {tuple(shape)}")
+    if tuple(shape[1:4]) != tuple(volume_shape[:3]) or shape[5] != volume_shape[4]:
+        raise ValueError(f"{model_name} expects fmri windows of shape {expected}; received "
+                         f"{tuple(shape)}. The spatial size is fixed by the position tables.")
+    if shape[4] is not None and shape[4] > max_frames:
+        raise ValueError(f"{model_name} expects at most {max_frames} frames, shape {expected}; "
+                         f"received T={shape[4]} in {tuple(shape)}")
+    if shape[4] is not None and shape[4] != volume_shape[3]:
+        raise ValueError(f"{model_name} was built for T={volume_shape[3]} frames {expected}; "
+                         f"received T={shape[4]}. For shorter windows rebuild it with "
+                         f"volume_shape T={shape[4]} and max_frames={max_frames}, then load the "
+                         "same weights.")

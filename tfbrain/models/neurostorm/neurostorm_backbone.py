@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from tfbrain.layers.patch_4d import PatchEmbed4D, PatchMerging4D, PositionEmbedding4D
-from tfbrain.models.backbone import Backbone
+from tfbrain.models.backbone import Backbone, check_fmri_input, check_volume_geometry
 from tfbrain.models.neurostorm.neurostorm_layers import NeuroSTORMBlock4D
 from tfbrain.models.swift.swift_backbone import swift_stage_plan
 
@@ -124,7 +124,7 @@ class NeuroSTORMBackbone(Backbone):
         self.stage_plan = plan
 
     def __call__(self, fmri, *args, **kwargs):
-        _check_input(fmri, self.volume_shape, self.max_frames)
+        check_fmri_input("NeuroSTORMBackbone", fmri, self.volume_shape, self.max_frames)
         return super().__call__(fmri, *args, **kwargs)
 
     def stage_output_names(self) -> list:
@@ -149,45 +149,7 @@ class NeuroSTORMBackbone(Backbone):
 
 
 def _validate(volume_shape, patch_size, depths, first_window_size, window_size, max_frames):
-    if len(patch_size) != 4 or patch_size[3] != 1:
-        raise ValueError("`patch_size` must be (pd, ph, pw, 1): time is not patched. "
-                         f"Received: patch_size={patch_size}")
-    if not depths:
-        raise ValueError(f"`depths` needs at least one stage. Received: depths={depths}")
     if len(first_window_size) != 4 or len(window_size) != 4:
         raise ValueError("`first_window_size` and `window_size` must be (D, H, W, T). Received: "
                          f"first_window_size={first_window_size}, window_size={window_size}")
-    grid = [volume_shape[a] // patch_size[a] for a in range(3)]
-    for a in range(3):
-        if volume_shape[a] % patch_size[a]:
-            raise ValueError(f"volume_shape axis {a} ({volume_shape[a]}) must be a multiple of "
-                             f"patch_size ({patch_size[a]}). Received: "
-                             f"volume_shape={volume_shape}, patch_size={patch_size}")
-        if grid[a] % 2 ** (len(depths) - 1):
-            raise ValueError(f"The patch grid {tuple(grid)} must be divisible by 2 at each of the "
-                             f"{len(depths) - 1} merges. Received: volume_shape={volume_shape}, "
-                             f"patch_size={patch_size}, depths={depths}")
-    if volume_shape[3] > max_frames:
-        raise ValueError(f"volume_shape has T={volume_shape[3]} frames but "
-                         f"max_frames={max_frames}; the temporal position table cannot cover "
-                         "longer windows.")
-
-
-def _check_input(fmri, volume_shape, max_frames):
-    """Clear errors for the usual mistakes, before Keras' generic input check."""
-    shape = getattr(fmri, "shape", None)
-    if shape is None:
-        return
-    expected = f"(batch, {', '.join(str(v) for v in volume_shape)})"
-    if len(shape) != 6:
-        raise ValueError(f"NeuroSTORMBackbone expects fmri windows of shape {expected} "
-                         f"(B, D, H, W, T, C), channels-last; received rank {len(shape)} "
-                         f"shape {tuple(shape)}")
-    if tuple(shape[1:4]) != volume_shape[:3] or shape[5] != volume_shape[4]:
-        raise ValueError(f"NeuroSTORMBackbone expects fmri windows of shape {expected}; received "
-                         f"{tuple(shape)}. The spatial size is fixed by the position tables.")
-    if shape[4] is not None and shape[4] != volume_shape[3]:
-        raise ValueError(f"NeuroSTORMBackbone was built for T={volume_shape[3]} frames "
-                         f"{expected}; received T={shape[4]} in {tuple(shape)}. For other "
-                         f"windows (up to max_frames={max_frames}) rebuild it with that "
-                         "volume_shape and load the same weights.")
+    check_volume_geometry(volume_shape, patch_size, len(depths), max_frames)

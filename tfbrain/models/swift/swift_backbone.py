@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from tfbrain.layers.patch_4d import PatchEmbed4D, PatchMerging4D, PositionEmbedding4D
-from tfbrain.models.backbone import Backbone
+from tfbrain.models.backbone import Backbone, check_fmri_input, check_volume_geometry
 from tfbrain.models.swift.swift_layers import SwinBlock4D
 
 
@@ -132,7 +132,7 @@ class SwiFTBackbone(Backbone):
         self.stage_plan = plan
 
     def __call__(self, fmri, *args, **kwargs):
-        _check_input(fmri, self.volume_shape, self.max_frames)
+        check_fmri_input("SwiFTBackbone", fmri, self.volume_shape, self.max_frames)
         return super().__call__(fmri, *args, **kwargs)
 
     def get_config(self):
@@ -148,47 +148,7 @@ class SwiFTBackbone(Backbone):
 
 
 def _validate(volume_shape, patch_size, depths, num_heads, max_frames):
-    if len(volume_shape) != 5:
-        raise ValueError("`volume_shape` must be (D, H, W, T, C_in). "
-                         f"Received: volume_shape={volume_shape}")
     if len(depths) != len(num_heads):
         raise ValueError("`depths` and `num_heads` need one entry per stage. "
                          f"Received: depths={depths}, num_heads={num_heads}")
-    if len(patch_size) != 4:
-        raise ValueError(f"`patch_size` must be (pd, ph, pw, 1). Received: patch_size={patch_size}")
-    grid = [volume_shape[a] // patch_size[a] for a in range(3)]
-    for a in range(3):
-        if volume_shape[a] % patch_size[a]:
-            raise ValueError(f"volume_shape axis {a} ({volume_shape[a]}) must be a multiple of "
-                             f"patch_size ({patch_size[a]}). Received: volume_shape={volume_shape}, "
-                             f"patch_size={patch_size}")
-        if grid[a] % 2 ** (len(depths) - 1):
-            raise ValueError(f"The patch grid {tuple(grid)} must be divisible by 2 at each of the "
-                             f"{len(depths) - 1} merges. Received: volume_shape={volume_shape}, "
-                             f"patch_size={patch_size}, depths={depths}")
-    if volume_shape[3] > max_frames:
-        raise ValueError(f"volume_shape has T={volume_shape[3]} frames but max_frames={max_frames}; "
-                         "the temporal position table cannot cover longer windows.")
-
-
-def _check_input(fmri, volume_shape, max_frames):
-    """Clear errors for the usual mistakes, before Keras' generic input check."""
-    shape = getattr(fmri, "shape", None)
-    if shape is None:
-        return
-    expected = f"(batch, {', '.join(str(v) for v in volume_shape)})"
-    if len(shape) != 6:
-        raise ValueError(f"SwiFTBackbone expects fmri windows of shape {expected} "
-                         f"(B, D, H, W, T, C), channels-last; received rank {len(shape)} "
-                         f"shape {tuple(shape)}")
-    if tuple(shape[1:4]) != volume_shape[:3] or shape[5] != volume_shape[4]:
-        raise ValueError(f"SwiFTBackbone expects fmri windows of shape {expected}; received "
-                         f"{tuple(shape)}. The spatial size is fixed by the position tables.")
-    if shape[4] is not None and shape[4] > max_frames:
-        raise ValueError(f"SwiFTBackbone expects at most {max_frames} frames, shape {expected}; "
-                         f"received T={shape[4]} in {tuple(shape)}")
-    if shape[4] is not None and shape[4] != volume_shape[3]:
-        raise ValueError(f"SwiFTBackbone was built for T={volume_shape[3]} frames {expected}; "
-                         f"received T={shape[4]}. For shorter windows rebuild it with "
-                         f"volume_shape T={shape[4]} and max_frames={max_frames}, then load the "
-                         "same weights.")
+    check_volume_geometry(volume_shape, patch_size, len(depths), max_frames)
