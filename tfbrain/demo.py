@@ -4,9 +4,9 @@
 
 1. prepare: the shipped studyforrest localizer run (40x40x17x156, public domain) ->
    a TFRecord dataset, frames labelled from events.tsv (stimulus category or rest);
-2. train: a small SwiFT to tell stimulation windows from rest, on the first 60% of
-   the run (validation: the next 20%, test: the last 20%; one subject, so the split
-   is in time, not by subject), logged to TensorBoard;
+2. train: a small SwiFT to tell stimulation windows from rest, on the first 80% of
+   the run (test: the last 20%; one subject, so the split is in time, not by
+   subject; no validation block), logged to TensorBoard;
 3. evaluate: window-level metrics on the held-out test frames, against the majority class;
 4. attribute: an Integrated-Gradients map, written as NIfTI in the run's original space;
 5. export + serve: a TF-Serving SavedModel, served by the local gRPC server and
@@ -23,23 +23,30 @@ import time
 
 
 def demo_config(dataset_dir: str, output_dir: str, epochs: int) -> dict:
-    """A small SwiFT on 8-frame windows of the 48x48x24 sample grid."""
+    """A small SwiFT on 4-frame (7 s) windows of the 48x48x24 sample grid.
+
+    Stimulus blocks last ~9 frames and rest ~4-5, so short windows keep both classes
+    (a window's label is the majority of its frames, events shifted by 5 s for the HRF).
+    """
     return {
-        "data": {"dataset_dir": dataset_dir, "window": 8, "stride": 2, "eval_stride": 4,
-                 "batch_size": 4, "eval_batch_size": 8, "train_split": "train",
-                 "val_split": "val", "test_split": "test", "time_split": [0.6, 0.2, 0.2],
+        "data": {"dataset_dir": dataset_dir, "window": 4, "stride": 1, "eval_stride": 1,
+                 "batch_size": 8, "eval_batch_size": 16, "train_split": "train",
+                 "val_split": "val", "test_split": "test", "time_split": [0.8, 0.0, 0.2],
                  "shuffle_buffer": 64,
                  "label_groups": {"rest": ["rest"],
                                   "stimulus": ["body", "face", "house", "object", "scene", "scramble"]}},
         "model": {"variant": "swift_small",
-                  "backbone": {"patch_size": [4, 4, 4, 1], "hidden_dim": 16, "depths": [2, 2],
+                  "backbone": {"patch_size": [4, 4, 4, 1], "hidden_dim": 16, "depths": [1, 1],
                                "num_heads": [2, 4], "first_window_size": [3, 3, 3, 4],
                                "window_size": [3, 3, 3, 4], "last_layer_full_msa": True,
-                               "dropout_rate": 0.1}},
+                               "dropout_rate": 0.0},
+                  "dropout_rate": 0.2},
         "task": {"type": "classification"},
-        "optim": {"learning_rate": 1e-3, "weight_decay": 0.05, "epochs": epochs,
+        "optim": {"learning_rate": 5e-4, "weight_decay": 0.05, "epochs": epochs,
                   "warmup_fraction": 0.1, "clip_norm": 1.0, "jit_compile": True},
-        "run": {"output_dir": output_dir, "seed": 1, "monitor": "val_window_balanced_accuracy"},
+        # one run: no validation block (it would leave too few training windows); the model
+        # is the last epoch's, and the last 20% of the run is scored once, at the end
+        "run": {"output_dir": output_dir, "seed": 1},
         "tensorboard": {"enabled": True},
     }
 
@@ -72,7 +79,11 @@ def main(argv=None) -> int:
     t = step("1. prepare: NIfTI -> TFRecords")
     dataset_dir = str(out / "dataset")
     runs = [tfrecords_tools.Run(path=sample["bold"], subject="forrest01", events_path=sample["events"])]
+    # voxel-wise z-scoring after removing each voxel's quadratic drift keeps the BOLD
+    # fluctuations and drops anatomy and scanner drift, which a small model trained on
+    # ~120 windows of one raw (not motion-corrected) run cannot learn to ignore
     config = tfrecords_tools.PreprocessConfig(target_shape=(48, 48, 24), mask_method="mean",
+                                              normalization="voxelwise", detrend_order=2,
                                               min_frames=8)
     print(tfrecords_tools.convert(runs, dataset_dir, config=config, workers=0, use_events=True,
                                   progress=False))
@@ -103,7 +114,7 @@ def main(argv=None) -> int:
 
     best = load_preset(summary["best"])
     attribution = write_attribution(best, dataset_dir, "forrest01", str(out / "attribution_ig.nii.gz"),
-                                    window=train_config.data.window, stride=16, steps=16)
+                                    window=train_config.data.window, stride=8, steps=16)
     print(f"{attribution['nifti']} shape {attribution['shape']} from {attribution['num_windows']} "
           f"windows ({time.time() - t:.0f} s)")
 

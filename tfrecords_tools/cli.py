@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pre.add_argument("--mask-method", default="auto", choices=("auto", "nonzero", "mean", "none"))
     pre.add_argument("--mask-threshold", type=float, default=0.2)
     pre.add_argument("--normalization", default="zscore", choices=("zscore", "voxelwise", "none"))
+    pre.add_argument("--detrend-order", type=int, default=0,
+                     help="with --normalization voxelwise: remove each voxel's polynomial trend")
     pre.add_argument("--background", default="min", choices=("min", "zero"))
     pre.add_argument("--center-on", default="brain", choices=("brain", "array"))
     pre.add_argument("--dtype", default="float16", choices=("float16", "float32"))
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         config = tt.PreprocessConfig(
             target_shape=None if args.keep_shape else tuple(args.target_shape), voxel_size=args.voxel_size,
             mask_method=args.mask_method, mask_threshold=args.mask_threshold, normalization=args.normalization,
-            background=args.background, center_on=args.center_on, dtype=args.dtype, min_frames=args.min_frames)
+            background=args.background, center_on=args.center_on, dtype=args.dtype, min_frames=args.min_frames,
+            detrend_order=args.detrend_order)
         summary = tt.convert(
             runs, args.output, config=config, compression="" if args.compression == "none" else "GZIP",
             shard_size_mb=args.shard_size_mb, workers=args.workers, skip_bad=args.skip_bad,

@@ -41,6 +41,9 @@ class PreprocessConfig:
         center_on: `brain` (centre the brain's bounding box in the target grid) or `array`.
         dtype: storage dtype, `float16` or `float32`.
         min_frames: runs with fewer frames are bad input (one window needs this many).
+        detrend_order: with `voxelwise`, remove each voxel's polynomial trend of this order
+            over the run (0: its mean only; 1-2 also remove scanner drift) before dividing by
+            the residual std.
     """
 
     target_shape: Optional[tuple] = (96, 96, 96)
@@ -52,6 +55,7 @@ class PreprocessConfig:
     center_on: str = "brain"
     dtype: str = "float16"
     min_frames: int = 20
+    detrend_order: int = 0
 
     def __post_init__(self):
         if self.mask_method not in MASK_METHODS:
@@ -71,6 +75,10 @@ class PreprocessConfig:
                 raise ValueError(f"`target_shape` must be 3 positive ints. Received: {self.target_shape}")
         if self.voxel_size is not None:
             object.__setattr__(self, "voxel_size", tuple(float(s) for s in self.voxel_size))
+        if self.detrend_order < 0 or (self.detrend_order and self.normalization != "voxelwise"):
+            raise ValueError("`detrend_order` must be >= 0 and needs normalization='voxelwise'. "
+                             f"Received: detrend_order={self.detrend_order}, "
+                             f"normalization={self.normalization!r}")
         if self.min_frames < 1:
             raise ValueError(f"`min_frames` must be >= 1. Received: {self.min_frames}")
 
@@ -252,8 +260,11 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
 
     # One pass over the run: finiteness, then brain mean/std/min in float64.
     total, total_sq, count, brain_min = 0.0, 0.0, 0, np.inf
-    voxel_sum = np.zeros(int(mask.sum()), np.float64)  # per brain voxel, for `voxelwise`
-    voxel_sq = np.zeros_like(voxel_sum)
+    # per brain voxel, for `voxelwise`: projections onto the trend basis, and sums of squares
+    basis = np.polynomial.legendre.legvander(np.linspace(-1, 1, num_frames),
+                                             config.detrend_order)  # (T, order + 1)
+    voxel_proj = np.zeros((int(mask.sum()), basis.shape[1]), np.float64)
+    voxel_sq = np.zeros(int(mask.sum()), np.float64)
     check_finite = not np.issubdtype(raw.dtype, np.integer)
     for t0 in range(0, num_frames, 32):
         chunk = raw[..., t0:t0 + 32]
@@ -267,7 +278,7 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
         total_sq += np.square(brain).sum()
         count += brain.size
         brain_min = min(brain_min, brain.min())
-        voxel_sum += brain.sum(axis=1)
+        voxel_proj += brain @ basis[t0:t0 + brain.shape[1]]
         voxel_sq += np.square(brain).sum(axis=1)
     mean = total / count
     std = float(np.sqrt(max(total_sq / count - mean ** 2, 0.0)))
@@ -276,12 +287,14 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
             raise BadInputError(path, "brain signal is constant (std 0); cannot z-score")
         shift, scale = mean, std
     elif config.normalization == "voxelwise":
-        voxel_mean = voxel_sum / num_frames
-        voxel_std = np.sqrt(np.maximum(voxel_sq / num_frames - voxel_mean ** 2, 0.0))
+        # least-squares trend per voxel: coef = (P^T P)^-1 P^T x; residual SS = x.x - coef.P^T x
+        coef = np.linalg.solve(basis.T @ basis, voxel_proj.T).T  # (N, order + 1)
+        residual = np.maximum(voxel_sq - np.sum(coef * voxel_proj, axis=1), 0.0)
+        voxel_std = np.sqrt(residual / num_frames)
         voxel_std[voxel_std == 0] = 1.0  # a constant voxel stays at 0
-        shift = np.zeros(spatial, np.float32)
+        shift = None  # per frame: the voxel's trend at t
         scale = np.ones(spatial, np.float32)
-        shift[mask], scale[mask] = voxel_mean, voxel_std
+        scale[mask] = voxel_std
     else:
         shift, scale = 0.0, 1.0
     if config.normalization == "voxelwise":
@@ -322,9 +335,16 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
     dtype = np.dtype(config.dtype)
     limit = float(np.finfo(dtype).max)
 
+    def shift_at(t):
+        if shift is not None:
+            return shift
+        trend = np.zeros(spatial, np.float32)
+        trend[mask] = coef @ basis[t]
+        return trend
+
     def frames() -> Iterator[np.ndarray]:
         for t in range(num_frames):
-            frame = (raw[..., t].astype(np.float32) * slope + inter - shift) / scale
+            frame = (raw[..., t].astype(np.float32) * slope + inter - shift_at(t)) / scale
             frame[~mask] = background
             if sampler is not None:
                 frame = sampler(frame, fill=background)

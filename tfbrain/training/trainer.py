@@ -570,11 +570,12 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
                     "global_step": int(train_model.optimizer.iterations.numpy())}
 
         model.save_to_preset(work_dir / "final", extra_metadata=preset_metadata)
+        # no validation split (or no finite monitored value): the final model is the best
+        best_dir = work_dir / "best" if (work_dir / "best").exists() else work_dir / "final"
         summary = {"interrupted": False, "output_dir": str(out), "history": history,
-                   "best": str(out / "best"), "final": str(out / "final"),
+                   "best": str(best_dir), "final": str(work_dir / "final"),
                    "tensorboard": str(out / "tensorboard"), "global_step": total_steps}
         if config.task.type != "contrastive":
-            best_dir = work_dir / "best" if (work_dir / "best").exists() else work_dir / "final"
             from tfbrain.presets import load_preset
 
             best = load_preset(best_dir)
