@@ -27,7 +27,12 @@ class DataConfig:
     #                                  every run in time, instead of splitting by subject
     shuffle_buffer: int = 16
     label_groups: dict = dataclasses.field(default_factory=dict)  # {"new": ["old", ...]}
-    noise_std: float = 0.0           # Gaussian noise augmentation (training only)
+    # augmentation of training windows (tfrecords_tools.augment; same for all frames of a
+    # window), each applied with probability augment_probability; 0 turns one off
+    noise_std: float = 0.0           # Gaussian noise, std drawn up to this
+    max_shift: int = 0               # random spatial shift, voxels
+    smoothing_sigma: float = 0.0     # Gaussian smoothing, sigma drawn up to this (voxels)
+    augment_probability: float = 0.5
 
 
 @dataclasses.dataclass
@@ -45,6 +50,7 @@ class TaskConfig:
     type: str = "classification"     # classification | regression | contrastive
     temperature: float = 0.1         # NT-Xent
     embedding_dim: int = 128         # contrastive projection width
+    balance_classes: bool = False    # weight training windows by 1 / class frequency
 
 
 @dataclasses.dataclass

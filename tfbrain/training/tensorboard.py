@@ -90,8 +90,7 @@ def tensorboard_callbacks(config, log_dir, datasets) -> list:
                  keras.callbacks.TensorBoard(str(log_dir), histogram_freq=int(tb.weight_histograms),
                                              write_graph=False, update_freq="epoch",
                                              profile_batch=profile)]
-    first = datasets.train(0).take(1)
-    x, y = next(iter(first))
+    x, y = next(iter(datasets.train(0).take(1)))[:2]  # (x, y[, sample weights])
     if tb.gradient_histograms:
         callbacks.append(GradientHistograms(log_dir, (x, y)))
     if tb.images:

@@ -117,6 +117,28 @@ class LabelSpec:
             return tf.cast(label, tf.float32)[..., None] if self.num_outputs == 1 else label
         return ((tf.cast(label, tf.float32) - self.target_mean) / self.target_std)[..., None]
 
+    def window_class_counts(self, info: dict, datasets: "Datasets") -> np.ndarray:
+        """Training windows per class, from dataset.json alone (no shard is read)."""
+        from tfrecords_tools import events as events_lib
+        from tfrecords_tools.reader import frame_span
+
+        data = datasets.config.data
+        split, frames = datasets.selection(data.train_split)
+        vocabulary = len(info["labels"].get("vocabulary") or [])
+        counts = np.zeros(len(self.class_names), np.int64)
+        for run in _runs_of_split(info, data.dataset_dir, split, datasets.splits_file):
+            first, stop = frame_span(run["num_frames"], frames)
+            for start in range(first, stop - data.window + 1, data.stride):
+                if self.kind == "events":
+                    label = events_lib.window_label(
+                        np.asarray(run["frame_labels"][start:start + data.window]), vocabulary)
+                else:
+                    label = run["label"]
+                if label is None or label < 0:
+                    continue
+                counts[self.mapping[label] if self.mapping is not None else label] += 1
+        return counts
+
     def metadata(self) -> dict:
         return {"class_names": self.class_names, "target_mean": self.target_mean,
                 "target_std": self.target_std, "label_kind": self.kind}
@@ -213,6 +235,7 @@ class Datasets:
 
         self.config = config
         self.labels = labels
+        self.class_weights = None
         data = config.data
         self.splits_file = data.splits_file or None
         info = tfrecords_tools.load_dataset_info(data.dataset_dir)
@@ -224,6 +247,11 @@ class Datasets:
         if config.task.type == "contrastive":
             self.windows_per_epoch //= 2
         self.steps_per_epoch = config.optim.steps_per_epoch or self.windows_per_epoch // data.batch_size
+        if config.task.balance_classes and config.task.type == "classification":
+            counts = labels.window_class_counts(info, self)
+            # weight_c = N / (K * n_c): each class contributes equally to the loss
+            self.class_weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)),
+                                          0.0).astype(np.float32)
         if self.steps_per_epoch < 1:
             raise ValueError(f"{data.dataset_dir}: the {data.train_split!r} split has "
                              f"{self.windows_per_epoch} training windows, fewer than one batch of "
@@ -250,10 +278,12 @@ class Datasets:
         data = self.config.data
         contrastive = self.config.task.type == "contrastive"
         augment = None
-        if data.noise_std > 0:
+        if data.noise_std > 0 or data.max_shift > 0 or data.smoothing_sigma > 0:
             from tfrecords_tools.augment import Augment
 
-            augment = Augment(noise_std=data.noise_std)
+            augment = Augment(max_shift=data.max_shift, noise_std=data.noise_std,
+                              smoothing_sigma=data.smoothing_sigma,
+                              probability=data.augment_probability)
         split, frames = self.selection(data.train_split)
         ds = tfrecords_tools.windows(
             data.dataset_dir, split, window=data.window, stride=data.stride,
@@ -265,6 +295,13 @@ class Datasets:
         ds = ds.map(lambda x, label, subject: (tf.ensure_shape(x, shape), label, subject))
         if contrastive:
             ds = ds.map(lambda x, label, subject: (x, tf.zeros_like(label, tf.float32)))
+        elif self.class_weights is not None:
+            weights = tf.constant(self.class_weights)
+            mapping = tf.constant(self.labels.mapping if self.labels.mapping is not None
+                                  else np.arange(len(self.class_weights), dtype=np.int32))
+            ds = ds.map(lambda x, label, subject: (
+                x, {"logits": self.labels.target(label)},
+                {"logits": tf.gather(weights, tf.gather(mapping, label))}))
         else:
             key = "logits" if self.config.task.type == "classification" else "prediction"
             ds = ds.map(lambda x, label, subject: (x, {key: self.labels.target(label)}))

@@ -206,3 +206,23 @@ def test_two_workers_train_the_same_model(cohort, tmp_path):
     for a, b in zip(chief, worker):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert not np.allclose(chief[0], 0)
+
+
+def test_balanced_class_weights_from_dataset_json(cohort, tmp_path):
+    import tfrecords_tools
+    from tfbrain.training.trainer import Datasets, LabelSpec
+
+    config = make_config(cohort, str(tmp_path / "run"), task={"balance_classes": True},
+                         data={"stride": 4})
+    info = tfrecords_tools.load_dataset_info(cohort)
+    labels = LabelSpec(config, info, cohort)
+    datasets = Datasets(config, labels)
+    streamed = np.zeros(2, np.int64)
+    for _, label, _ in tfrecords_tools.windows(cohort, "train", window=8, stride=4, shuffle=False):
+        streamed[int(label)] += 1
+    np.testing.assert_array_equal(labels.window_class_counts(info, datasets), streamed)
+    expected = streamed.sum() / (2 * streamed)
+    np.testing.assert_allclose(datasets.class_weights, expected, rtol=1e-6)
+    x, y, weights = next(iter(datasets.train(0)))
+    targets = y["logits"].numpy()[:, 0].astype(int)
+    np.testing.assert_allclose(weights["logits"].numpy(), expected[targets], rtol=1e-6)
