@@ -226,3 +226,41 @@ def test_balanced_class_weights_from_dataset_json(cohort, tmp_path):
     x, y, weights = next(iter(datasets.train(0)))
     targets = y["logits"].numpy()[:, 0].astype(int)
     np.testing.assert_allclose(weights["logits"].numpy(), expected[targets], rtol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains(cohort, tmp_path, policy):
+    config = make_config(cohort, str(tmp_path / "run"),
+                         optim={"epochs": 1, "steps_per_epoch": 3, "jit_compile": False,
+                                "mixed_precision": policy})
+    summary = train(config, verbose=0)
+    assert np.isfinite(summary["history"][-1]["loss"])
+    model = load_preset(summary["final"])
+    assert model.backbone.get_layer("stage_0_block_0").compute_dtype == policy.split("_")[1]
+    assert all(w.dtype == np.float32 for w in model.get_weights())  # variables stay float32
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
+
+
+MIRRORED = r"""
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {repo!r})
+from tests.tfbrain.training.test_trainer import make_config
+from tfbrain.training.trainer import train
+config = make_config({dataset!r}, {out!r}, optim={{"epochs": 1, "steps_per_epoch": 3, "jit_compile": False}},
+                     run={{"strategy": "mirrored"}})
+summary = train(config, verbose=2)
+print("DONE", summary["global_step"])
+"""
+
+
+@pytest.mark.large
+def test_mirrored_strategy_on_two_logical_devices(cohort, tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    script = MIRRORED.format(repo=repo, dataset=cohort, out=str(tmp_path / "run"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "DONE 3" in output, output[-3000:]
+    assert "2 replica(s)" in output
