@@ -20,7 +20,7 @@ import numpy as np
 
 from tfbrain.layers.mamba_block import mamba_weights_from_torch
 from tfbrain.models.neurostorm.neurostorm_backbone import NeuroSTORMBackbone
-from tfbrain.models.swift.swift_conversion import assign_pairs, head_weight_map, infer_head
+from tfbrain.models.swift.swift_conversion import assign_pairs, attach_upstream_head
 
 MAMBA_KEYS = ("A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
               "dt_proj.weight", "dt_proj.bias", "out_proj.weight")
@@ -174,7 +174,6 @@ def convert_neurostorm(state_dict: dict, upstream_kwargs: dict, task: str | None
             head keys are ambiguous (upstream RegHead v1 has ClsHead v1's keys). None:
             inferred from the head keys, or a bare backbone when there are none.
     """
-    from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor
 
     backbone_sd, head_sd = split_state_dict(state_dict)
     head_sd = _unwrap_head(head_sd)
@@ -188,16 +187,4 @@ def convert_neurostorm(state_dict: dict, upstream_kwargs: dict, task: str | None
     if any(k.startswith(("cls_token", "transformer", "layers.")) for k in head_sd):
         raise ValueError("the state dict holds a ClsHead v3 (transformer head), which tfbrain "
                          f"does not port; head keys: {sorted(head_sd)[:5]}")
-    head = infer_head(head_sd)
-    task = task or head["task"]
-    if task == "contrastive":
-        model = FMRIContrastive(backbone, embedding_dim=head["embedding_dim"])
-    elif task == "classification":
-        model = FMRIClassifier(backbone, num_classes=head["num_classes"], head=head["head"])
-    elif task == "regression":
-        model = FMRIRegressor(backbone, num_outputs=head["num_classes"], head=head["head"])
-    else:
-        raise ValueError(f"unknown task {task!r}; expected classification, regression or "
-                         "contrastive")
-    assign_pairs(head_weight_map(model, head_sd))
-    return model
+    return attach_upstream_head(backbone, head_sd, task)

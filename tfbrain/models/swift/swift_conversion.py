@@ -192,15 +192,21 @@ def convert_swift(state_dict: dict, upstream_kwargs: dict, task: str | None = No
             head keys are ambiguous (upstream regression uses the clf_mlp head). None:
             inferred from `output_head.*`, or a bare backbone when there is no head.
     """
-    from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor
-
     backbone_sd, head_sd = split_lightning_state_dict(state_dict)
     backbone = load_upstream_backbone(backbone_sd, swift_kwargs_from_upstream(upstream_kwargs))
     if not head_sd:
         if task:
             raise ValueError(f"task={task!r} requested but the state dict has no output_head.* keys")
         return backbone
-    head = infer_head(head_sd)
+    return attach_upstream_head(backbone, head_sd, task)
+
+
+def attach_upstream_head(backbone, head_state_dict: dict, task: str | None = None):
+    """Wrap `backbone` in the task model its upstream head (prefix stripped) describes and
+    load the head's weights. `task` forces the task (regression reuses clf_mlp's keys)."""
+    from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor
+
+    head = infer_head(head_state_dict)
     task = task or head["task"]
     if task == "contrastive":
         model = FMRIContrastive(backbone, embedding_dim=head["embedding_dim"])
@@ -210,5 +216,5 @@ def convert_swift(state_dict: dict, upstream_kwargs: dict, task: str | None = No
         model = FMRIRegressor(backbone, num_outputs=head["num_classes"], head=head["head"])
     else:
         raise ValueError(f"unknown task {task!r}; expected classification, regression or contrastive")
-    assign_pairs(head_weight_map(model, head_sd))
+    assign_pairs(head_weight_map(model, head_state_dict))
     return model
