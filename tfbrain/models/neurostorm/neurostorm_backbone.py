@@ -22,12 +22,10 @@ Letters: B batch, D/H/W space, T frames, C channels.
 """
 
 import keras
-import numpy as np
 
-from tfbrain.layers.patch_4d import PatchEmbed4D, PatchMerging4D, PositionEmbedding4D
 from tfbrain.models.backbone import Backbone, check_fmri_input, check_volume_geometry
 from tfbrain.models.neurostorm.neurostorm_layers import NeuroSTORMBlock4D
-from tfbrain.models.swift.swift_backbone import swift_stage_plan
+from tfbrain.models.swin_4d import swin_4d_stage_plan, swin_4d_stages
 
 
 @keras.saving.register_keras_serializable(package="tfbrain")
@@ -74,31 +72,21 @@ class NeuroSTORMBackbone(Backbone):
                              f"Received: volume_shape={volume_shape}")
         max_frames = int(max_frames or volume_shape[3])
         _validate(volume_shape, patch_size, depths, first_window_size, window_size, max_frames)
-        plan = swift_stage_plan(volume_shape, patch_size, hidden_dim, depths, first_window_size,
-                                window_size, c_multiplier, last_layer_full_msa)
-        drop_path_rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+        plan = swin_4d_stage_plan(volume_shape, patch_size, hidden_dim, depths, first_window_size,
+                                  window_size, c_multiplier, last_layer_full_msa)
+
+        def make_block(stage, shift_size, block_drop_path_rate, name):
+            return NeuroSTORMBlock4D(
+                stage["hidden_dim"], window_size=stage["window"], shift_size=shift_size,
+                mlp_ratio=mlp_ratio, dropout_rate=dropout_rate, drop_path_rate=block_drop_path_rate,
+                prompt_len=prompt_len, state_dim=state_dim, conv_kernel_size=conv_kernel_size,
+                expand=expand, scan_chunk_size=scan_chunk_size, scan_jit=scan_jit, dtype=dtype,
+                name=name)
 
         # === Functional Model ===
         fmri = keras.Input(shape=volume_shape, name="fmri")  # (B, D, H, W, T, C_in)
-        x = PatchEmbed4D(hidden_dim, patch_size, dtype=dtype, name="patch_embed")(fmri)
-        if dropout_rate:
-            x = keras.layers.Dropout(dropout_rate, dtype=dtype, name="pos_drop")(x)
-        block_index = 0
-        for i, stage in enumerate(plan):
-            x = PositionEmbedding4D(max_frames, dtype=dtype, name=f"pos_embed_{i}")(x)
-            for j in range(depths[i]):
-                x = NeuroSTORMBlock4D(
-                    stage["hidden_dim"], window_size=stage["window"],
-                    shift_size=stage["shift"] if j % 2 else (0, 0, 0, 0), mlp_ratio=mlp_ratio,
-                    dropout_rate=dropout_rate, drop_path_rate=drop_path_rates[block_index],
-                    prompt_len=prompt_len, state_dim=state_dim,
-                    conv_kernel_size=conv_kernel_size, expand=expand,
-                    scan_chunk_size=scan_chunk_size, scan_jit=scan_jit, dtype=dtype,
-                    name=f"stage_{i}_block_{j}")(x)
-                block_index += 1
-            if stage["merge"]:
-                x = PatchMerging4D(c_multiplier * stage["hidden_dim"], dtype=dtype,
-                                   name=f"stage_{i}_merge")(x)
+        x = swin_4d_stages(fmri, plan, patch_size, hidden_dim, depths, max_frames, c_multiplier,
+                           dropout_rate, drop_path_rate, make_block, dtype=dtype)
         super().__init__(inputs=fmri, outputs=x, dtype=dtype, **kwargs)
 
         # === Config ===

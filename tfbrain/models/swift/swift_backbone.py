@@ -14,39 +14,10 @@ Letters: B batch, D/H/W space, T frames, C channels.
 """
 
 import keras
-import numpy as np
 
-from tfbrain.layers.patch_4d import PatchEmbed4D, PatchMerging4D, PositionEmbedding4D
 from tfbrain.models.backbone import Backbone, check_fmri_input, check_volume_geometry
 from tfbrain.models.swift.swift_layers import SwinBlock4D
-
-
-def swift_stage_plan(volume_shape, patch_size, hidden_dim, depths, first_window_size,
-                     window_size, c_multiplier, last_layer_full_msa):
-    """Per-stage grid, width, window and shift, following upstream's rules.
-
-    Returns:
-        list of dicts with keys grid (D, H, W, T), hidden_dim, window, shift (the
-        configured shift of odd blocks), merge (bool).
-    """
-    grid = [volume_shape[0] // patch_size[0], volume_shape[1] // patch_size[1],
-            volume_shape[2] // patch_size[2], volume_shape[3]]
-    plan = []
-    num_stages = len(depths)
-    for i in range(num_stages):
-        last = i == num_stages - 1
-        if last and last_layer_full_msa:
-            # "full MSA": spatially the whole grid, time in fixed chunks, never shifted
-            window = (grid[0], grid[1], grid[2], window_size[3])
-            shift = (0, 0, 0, 0)
-        else:
-            window = tuple(first_window_size if i == 0 else window_size)
-            shift = tuple(w // 2 for w in window)
-        plan.append({"grid": tuple(grid), "hidden_dim": hidden_dim * c_multiplier ** i,
-                     "window": window, "shift": shift, "merge": not last})
-        if not last:
-            grid = [grid[0] // 2, grid[1] // 2, grid[2] // 2, grid[3]]
-    return plan
+from tfbrain.models.swin_4d import swin_4d_stage_plan, swin_4d_stages
 
 
 @keras.saving.register_keras_serializable(package="tfbrain")
@@ -86,30 +57,20 @@ class SwiFTBackbone(Backbone):
         first_window_size, window_size = tuple(first_window_size), tuple(window_size)
         max_frames = int(max_frames or volume_shape[3])
         _validate(volume_shape, patch_size, depths, num_heads, max_frames)
-        plan = swift_stage_plan(volume_shape, patch_size, hidden_dim, depths, first_window_size,
-                                window_size, c_multiplier, last_layer_full_msa)
-        drop_path_rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+        plan = swin_4d_stage_plan(volume_shape, patch_size, hidden_dim, depths, first_window_size,
+                                  window_size, c_multiplier, last_layer_full_msa)
+
+        def make_block(stage, shift_size, block_drop_path_rate, name):
+            return SwinBlock4D(
+                stage["hidden_dim"], num_heads[stage["index"]], window_size=stage["window"],
+                shift_size=shift_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
+                drop_path_rate=block_drop_path_rate, dtype=dtype, name=name)
 
         # === Functional Model ===
         fmri = keras.Input(shape=volume_shape, name="fmri")  # (B, D, H, W, T, C_in)
-        x = PatchEmbed4D(hidden_dim, patch_size, dtype=dtype, name="patch_embed")(fmri)
-        if dropout_rate:
-            x = keras.layers.Dropout(dropout_rate, dtype=dtype, name="pos_drop")(x)
-        block_index = 0
-        for i, stage in enumerate(plan):
-            x = PositionEmbedding4D(max_frames, dtype=dtype, name=f"pos_embed_{i}")(x)
-            for j in range(depths[i]):
-                x = SwinBlock4D(
-                    stage["hidden_dim"], num_heads[i], window_size=stage["window"],
-                    shift_size=stage["shift"] if j % 2 else (0, 0, 0, 0), mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias, dropout_rate=dropout_rate,
-                    attention_dropout_rate=attention_dropout_rate,
-                    drop_path_rate=drop_path_rates[block_index], dtype=dtype,
-                    name=f"stage_{i}_block_{j}")(x)
-                block_index += 1
-            if stage["merge"]:
-                x = PatchMerging4D(c_multiplier * stage["hidden_dim"], dtype=dtype,
-                                   name=f"stage_{i}_merge")(x)
+        x = swin_4d_stages(fmri, plan, patch_size, hidden_dim, depths, max_frames, c_multiplier,
+                           dropout_rate, drop_path_rate, make_block, dtype=dtype)
         super().__init__(inputs=fmri, outputs=x, dtype=dtype, **kwargs)
 
         # === Config ===
