@@ -13,12 +13,11 @@ from keras import ops
 
 from tfbrain.layers.mamba_block import MambaBlock
 from tfbrain.layers.patch_4d import LAYER_NORM_EPSILON
-from tfbrain.layers.window_4d import DropPath, effective_window_and_shift, windowed_apply
-from tfbrain.models.swift.swift_layers import SwiFTMLP
+from tfbrain.models.swift.swift_layers import WindowBlock4D
 
 
 @keras.saving.register_keras_serializable(package="tfbrain")
-class NeuroSTORMBlock4D(keras.layers.Layer):
+class NeuroSTORMBlock4D(WindowBlock4D):
     """x <- x + DropPath(Mamba-in-windows(LN(x))); x <- x + DropPath(MLP(LN(x))).
 
     SwiFT's 4D Swin block with the window attention swapped for a unidirectional Mamba
@@ -50,18 +49,10 @@ class NeuroSTORMBlock4D(keras.layers.Layer):
     def __init__(self, hidden_dim, window_size, shift_size=(0, 0, 0, 0), mlp_ratio=4.0,
                  dropout_rate=0.0, drop_path_rate=0.0, prompt_len=0, state_dim=16,
                  conv_kernel_size=4, expand=2, scan_chunk_size=None, scan_jit=None, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_dim = hidden_dim
-        self.window_size = tuple(int(w) for w in window_size)
-        self.shift_size = tuple(int(s) for s in shift_size)
-        if len(self.window_size) != 4 or len(self.shift_size) != 4:
-            raise ValueError("`window_size` and `shift_size` must have 4 entries (D, H, W, T). "
-                             f"Received: window_size={window_size}, shift_size={shift_size}")
+        super().__init__(hidden_dim, window_size, shift_size, mlp_ratio, dropout_rate,
+                         drop_path_rate, **kwargs)
         if int(prompt_len) < 0:
             raise ValueError(f"`prompt_len` must be >= 0. Received: prompt_len={prompt_len}")
-        self.mlp_ratio = mlp_ratio
-        self.dropout_rate = dropout_rate
-        self.drop_path_rate = drop_path_rate
         self.prompt_len = int(prompt_len)
         self.state_dim = state_dim
         self.conv_kernel_size = conv_kernel_size
@@ -69,19 +60,10 @@ class NeuroSTORMBlock4D(keras.layers.Layer):
         self.scan_chunk_size = scan_chunk_size
         self.scan_jit = scan_jit
 
-    def build(self, x_shape):
-        grid = tuple(x_shape[1:5])
-        if None in grid:
-            raise ValueError(f"NeuroSTORMBlock4D needs a static grid; received shape "
-                             f"{tuple(x_shape)}")
-        self.effective_window, self.effective_shift = effective_window_and_shift(
-            grid, self.window_size, self.shift_size)
+    def build_mixer(self, grid):
         window_volume = 1
         for w in self.effective_window:
             window_volume *= w
-        self.norm1 = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON,
-                                                     dtype=self.dtype_policy, name="norm1")
-        self.norm1.build(x_shape)
         self.mamba = MambaBlock(self.hidden_dim, state_dim=self.state_dim,
                                 conv_kernel_size=self.conv_kernel_size, expand=self.expand,
                                 chunk_size=self.scan_chunk_size, jit=self.scan_jit,
@@ -92,15 +74,8 @@ class NeuroSTORMBlock4D(keras.layers.Layer):
             self.prompt = self.add_weight(
                 name="prompt", shape=(1, self.prompt_len, self.hidden_dim),
                 initializer=keras.initializers.TruncatedNormal(stddev=0.02))
-        self.norm2 = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON,
-                                                     dtype=self.dtype_policy, name="norm2")
-        self.norm2.build(x_shape)
-        self.mlp = SwiFTMLP(self.hidden_dim, int(self.hidden_dim * self.mlp_ratio),
-                            self.dropout_rate, dtype=self.dtype_policy, name="mlp")
-        self.mlp.build(x_shape)
-        self.drop_path = DropPath(self.drop_path_rate, dtype=self.dtype_policy)
 
-    def mix(self, windows, unused_mask=None):
+    def mix(self, windows, unused_mask=None, training=False):
         """Mamba over each window's sequence: `(B * nW, N, C)` -> `(B * nW, N, C)`.
 
         `unused_mask` is accepted and ignored, as upstream ignores its Swin mask.
@@ -112,20 +87,8 @@ class NeuroSTORMBlock4D(keras.layers.Layer):
         mixed = self.mamba(ops.concatenate([prompt, windows], axis=1))  # (B*nW, k + N, C)
         return mixed[:, self.prompt_len:]
 
-    def call(self, x, training=False):
-        mixed = windowed_apply(self.norm1(x), self.mix, self.effective_window,
-                               self.effective_shift, mask=None)
-        x = x + self.drop_path(mixed, training=training)
-        return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
-
-    def compute_output_shape(self, x_shape):
-        return x_shape
-
     def get_config(self):
-        return {**super().get_config(), "hidden_dim": self.hidden_dim,
-                "window_size": self.window_size, "shift_size": self.shift_size,
-                "mlp_ratio": self.mlp_ratio, "dropout_rate": self.dropout_rate,
-                "drop_path_rate": self.drop_path_rate, "prompt_len": self.prompt_len,
+        return {**super().get_config(), "prompt_len": self.prompt_len,
                 "state_dim": self.state_dim, "conv_kernel_size": self.conv_kernel_size,
                 "expand": self.expand, "scan_chunk_size": self.scan_chunk_size,
                 "scan_jit": self.scan_jit}
