@@ -111,7 +111,7 @@ def main(argv=None) -> int:
                                                       "history": history}, indent=2))
 
     t = step("4. attribute: Integrated Gradients -> NIfTI in the original space")
-    from tfbrain.presets import load_preset
+    from tfbrain.models.loading import load_preset
     from tfbrain.training.attribution import write_attribution
 
     best = load_preset(summary["best"])
@@ -163,7 +163,7 @@ def _export_and_query(best_dir, out, dataset_dir, train_config) -> dict:
     import tfrecords_tools
     from serving.client import PredictionClient
     from tfbrain.export import export_preset
-    from tfbrain.presets import load_preset
+    from tfbrain.models.loading import load_preset
 
     model_base = out / "models"
     exported = export_preset(best_dir, model_base, "swift_demo")

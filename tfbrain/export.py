@@ -81,7 +81,8 @@ def load_model_for_export(source) -> tuple[keras.Model, dict]:
     if path.suffix == ".keras" and path.is_file():
         import tfbrain.models  # noqa: F401  registers the classes a .keras file names
         return keras.saving.load_model(str(path), compile=False), {}
-    from tfbrain.presets import load_preset, load_preset_metadata
+    from tfbrain.models.loading import load_preset
+    from tfbrain.presets import load_preset_metadata
     return load_preset(source), load_preset_metadata(source)
 
 

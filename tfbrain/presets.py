@@ -1,11 +1,12 @@
-"""Resolve preset names to local folders and load them. Nothing is downloaded.
+"""Preset folders: the file format and name resolution. Nothing is downloaded, and no model
+is imported here (building a model from a preset is `tfbrain.models.loading.load_preset`).
 
 A preset handle is either a folder path or a registered name such as "swift.hcp-sex".
 Named presets are looked up, in order, under:
   1. $TFBRAIN_PRESETS (a folder; several separated by os.pathsep),
   2. ~/.cache/tfbrain/presets,
-as `<root>/<name>/`. Each family registers its names with `register_presets`, giving
-for each the instructions to produce it (usually a `tfbrain convert` command line).
+as `<root>/<name>/`. Each family registers its names (through the model registry) with
+the instructions to produce each (usually a `tfbrain convert` command line).
 """
 
 import datetime
@@ -32,8 +33,9 @@ def register_presets(presets: dict[str, dict]) -> None:
     _REGISTRY.update(presets)
 
 
-def list_presets() -> dict[str, dict]:
-    _import_families()
+def registered_presets() -> dict[str, dict]:
+    """Names registered so far (the families register theirs when `tfbrain.models` is
+    imported; `tfbrain.list_presets()` imports them first)."""
     return dict(_REGISTRY)
 
 
@@ -43,18 +45,12 @@ def preset_roots() -> list[pathlib.Path]:
     return roots + [DEFAULT_CACHE]
 
 
-def _import_families():
-    # Families register their preset names on import.
-    import tfbrain.models  # noqa: F401
-
-
 def resolve_preset(preset) -> pathlib.Path:
     """Return the folder of a preset path or name, or raise with how to make it."""
     path = pathlib.Path(str(preset)).expanduser()
     if path.is_dir():
         _check_folder(path)
         return path
-    _import_families()
     for root in preset_roots():
         candidate = root / str(preset)
         if candidate.is_dir():
@@ -67,7 +63,7 @@ def resolve_preset(preset) -> pathlib.Path:
             f"Preset {preset!r} ({info.get('description', '')}) is not on this machine; "
             f"searched {searched} (set TFBRAIN_PRESETS to add a folder). tfbrain never downloads "
             f"weights. To make it: {info['how_to_make']}")
-    known = ", ".join(sorted(_REGISTRY)) or "none"
+    known = ", ".join(sorted(_REGISTRY)) or "none registered"
     raise FileNotFoundError(
         f"Preset {preset!r} is neither a folder nor a known preset name. Known names: {known}. "
         f"Searched {searched}.")
@@ -84,14 +80,23 @@ def load_preset_metadata(preset) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def load_preset(preset, load_weights: bool = True, **config_overrides) -> keras.Model:
-    """Build the model described by a preset's config.json and load its weights."""
+def read_preset_config(preset) -> tuple[pathlib.Path, dict]:
+    """(folder, parsed config.json) of a preset path or name."""
     folder = resolve_preset(preset)
-    _import_families()
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or "class_name" not in config or "config" not in config:
+        raise ValueError(f"{folder / CONFIG_FILE}: expected an object with 'class_name' and "
+                         "'config'")
+    return folder, config
+
+
+def instantiate_preset(folder: pathlib.Path, config: dict, load_weights: bool = True,
+                       **config_overrides) -> keras.Model:
+    """Build the registered class `config` names and load the folder's weights. The class
+    must already be registered with Keras (import its module first)."""
     cls = keras.saving.get_registered_object(config.get("class_name", ""))
     if cls is None:
         raise ValueError(f"{folder / CONFIG_FILE}: unknown class_name {config.get('class_name')!r}")

@@ -98,7 +98,7 @@ def model_run_config(model_dir: str, dataset: str | None = None):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     import tfrecords_tools
-    from tfbrain.presets import load_preset
+    from tfbrain.models.loading import load_preset
     from tfbrain.training import metrics
     from tfbrain.training.trainer import Datasets, LabelSpec, evaluate_model
 
@@ -134,7 +134,7 @@ def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_attribute(args: argparse.Namespace) -> int:
-    from tfbrain.presets import load_preset
+    from tfbrain.models.loading import load_preset
     from tfbrain.training.attribution import write_attribution
 
     config = model_run_config(args.model, args.dataset)

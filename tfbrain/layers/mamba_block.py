@@ -299,32 +299,3 @@ class BiMambaBlock(MambaBlock):
 
     def get_config(self):
         return {**super().get_config(), "use_divide_out": self.use_divide_out}
-
-
-def mamba_weights_from_torch(block, state_dict, prefix=""):
-    """Load upstream torch weights (as NumPy arrays, torch names) into a built block.
-
-    Args:
-        block: a built `MambaBlock` or `BiMambaBlock`.
-        state_dict: mapping from torch parameter names (`prefix + "in_proj.weight"`, ...) to
-            arrays in torch layout; the backward direction of Vim v2 uses the `_b` names.
-        prefix: str. Key prefix, e.g. "layers.0.mixer.".
-    """
-    get = lambda name: np.asarray(state_dict[prefix + name], np.float32)
-    block.in_proj.kernel.assign(get("in_proj.weight").T)  # torch Linear (out, in)
-    block.out_proj.kernel.assign(get("out_proj.weight").T)
-    if block.use_bias:
-        block.in_proj.bias.assign(get("in_proj.bias"))
-        block.out_proj.bias.assign(get("out_proj.bias"))
-    branches = [(block.forward_branch, "")]
-    if isinstance(block, BiMambaBlock):
-        branches.append((block.backward_branch, "_b"))
-    for branch, suffix in branches:
-        branch.conv_kernel.assign(get(f"conv1d{suffix}.weight")[:, 0, :].T)  # (E,1,K) -> (K,E)
-        if branch.conv_bias is not None:
-            branch.conv_bias.assign(get(f"conv1d{suffix}.bias"))
-        branch.x_proj.kernel.assign(get(f"x_proj{suffix}.weight").T)
-        branch.dt_proj.kernel.assign(get(f"dt_proj{suffix}.weight").T)
-        branch.dt_bias.assign(get(f"dt_proj{suffix}.bias"))
-        branch.A_log.assign(get("A_b_log" if suffix else "A_log"))
-        branch.D.assign(get("D_b" if suffix else "D"))

@@ -9,7 +9,7 @@ import itertools
 import keras
 from keras import ops
 
-LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default; Keras' 1e-3 would break parity
+from tfbrain.layers.torch_compat import TORCH_LAYER_NORM_EPSILON
 
 
 class PatchEmbed4D(keras.layers.Layer):
@@ -129,7 +129,7 @@ class PatchMerging4D(keras.layers.Layer):
                              f"grid of {tuple(x_shape[1:4])}. Choose volume/patch sizes divisible "
                              "by 2 per merge.")
         merged = 8 * x_shape[-1]
-        self.norm = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON,
+        self.norm = keras.layers.LayerNormalization(epsilon=TORCH_LAYER_NORM_EPSILON,
                                                     dtype=self.dtype_policy, name="norm")
         self.norm.build(x_shape[:-1] + (merged,))
         self.reduction = keras.layers.Dense(self.output_dim, use_bias=False,

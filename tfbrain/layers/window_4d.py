@@ -19,6 +19,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfbrain.layers.attention import attention_core
+from tfbrain.layers.drop_path import DropPath  # noqa: F401  (re-exported for old imports)
+
 MASK_VALUE = -100.0
 
 
@@ -149,36 +152,6 @@ def windowed_apply(x, mixer, window_size, shift_size, mask=None):
     return x
 
 
-class DropPath(keras.layers.Layer):
-    """Stochastic depth: drop the whole residual branch per sample during training.
-
-    Args:
-        rate: float. Probability of dropping a sample's branch.
-    """
-
-    def __init__(self, rate=0.0, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"`rate` must be in [0, 1). Received: rate={rate}")
-        self.rate = rate
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
-
-    def call(self, x, training=False):
-        if not training or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype))
-        return x / keep * mask
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
-
-
 class WindowAttention4D(keras.layers.Layer):
     """Multi-head self-attention inside 4D windows (no relative position bias).
 
@@ -222,17 +195,20 @@ class WindowAttention4D(keras.layers.Layer):
         num_tokens = tokens.shape[1]
         qkv = ops.reshape(self.qkv(tokens), (-1, num_tokens, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B*nW, heads, N, head_dim)
-        query, key, value = qkv[0] * ops.cast(self.scale, qkv.dtype), qkv[1], qkv[2]
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # (B*nW, heads, N, N)
-        if attention_mask is not None:
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        if attention_mask is None:
+            out = attention_core(query, key, value, scale=self.scale,
+                                 dropout=self.attention_dropout, training=training)
+        else:
+            # windows of one sample are contiguous: view (B*nW) as (B, nW) so the (nW, N, N)
+            # mask broadcasts over batch and heads
             num_windows = attention_mask.shape[0]
-            scores = ops.reshape(scores, (-1, num_windows, self.num_heads, num_tokens, num_tokens))
-            scores = scores + ops.cast(attention_mask, scores.dtype)[None, :, None]
-            scores = ops.reshape(scores, (-1, self.num_heads, num_tokens, num_tokens))
-        # softmax in float32 even under mixed precision: -100 masks need the range
-        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
-        weights = self.attention_dropout(weights, training=training)
-        out = ops.matmul(weights, value)  # (B*nW, heads, N, head_dim)
+            split = lambda t: ops.reshape(t, (-1, num_windows) + tuple(t.shape[1:]))  # noqa: E731
+            out = attention_core(split(query), split(key), split(value),
+                                 additive_mask=attention_mask[None, :, None], scale=self.scale,
+                                 dropout=self.attention_dropout, training=training)
+            out = ops.reshape(out, (-1, self.num_heads, num_tokens, self.head_dim))
+        # out: (B*nW, heads, N, head_dim)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, num_tokens, self.hidden_dim))
         return self.output_dropout(self.proj(out), training=training)
 

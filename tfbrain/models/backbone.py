@@ -10,11 +10,24 @@ Data and serving code read only metadata.json, never a model class.
 
 import keras
 
-from tfbrain.presets import load_preset, save_preset
+from tfbrain.presets import save_preset
 
 
 class Backbone(keras.Model):
-    """A functional model whose constructor arguments are its whole config."""
+    """A functional model whose constructor arguments are its whole config.
+
+    Subclasses set `pooling` (see `tfbrain.layers.pooling`): how a Task turns the backbone's
+    output into one vector per sample, for heads, `Task.embed` and the export's `embed`
+    signature alike.
+    """
+
+    pooling = "token_mean"
+
+    def pool(self, features):
+        """Backbone output -> `(B, C)` as `self.pooling` says."""
+        from tfbrain.layers.pooling import pool_features
+
+        return pool_features(features, self.pooling)
 
     def get_config(self):
         # Functional models serialise their graph; a backbone is rebuilt from its
@@ -36,6 +49,8 @@ class Backbone(keras.Model):
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Load a backbone (or task model) from a preset name or folder."""
+        from tfbrain.models.loading import load_preset  # imports every family
+
         model = load_preset(preset, load_weights=load_weights, **kwargs)
         if not isinstance(model, cls):
             raise ValueError(f"Preset {preset!r} holds a {type(model).__name__}, "

@@ -17,20 +17,9 @@ activation between, as released), `emb_mlp` (mean -> Linear no bias -> BatchNorm
 import keras
 from keras import ops
 
+from tfbrain.layers.pooling import FeaturePool, pool_features
+from tfbrain.models.registry import register_task
 from tfbrain.presets import save_preset
-
-TASK_TYPES = ("classification", "regression", "contrastive")
-
-
-@keras.saving.register_keras_serializable(package="tfbrain")
-class TokenMeanPool(keras.layers.Layer):
-    """Mean over every axis but batch and channels: `(B, ..., C)` -> `(B, C)`."""
-
-    def call(self, features):
-        return ops.mean(features, axis=tuple(range(1, len(features.shape) - 1)))
-
-    def compute_output_shape(self, features_shape):
-        return (features_shape[0], features_shape[-1])
 
 
 @keras.saving.register_keras_serializable(package="tfbrain")
@@ -52,27 +41,91 @@ class L2Normalize(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+def backbone_pooling(backbone) -> str:
+    """The backbone's pooling mode (a plain functional model pools its tokens' mean)."""
+    return getattr(backbone, "pooling", "token_mean")
+
+
+def task_inputs_like(backbone):
+    """Fresh `keras.Input`s with the backbone's input names, shapes and structure (one tensor
+    or a dict of them)."""
+    struct = getattr(backbone, "_inputs_struct", None)
+    if isinstance(struct, dict):
+        return {name: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=name)
+                for name, t in struct.items()}
+    tensor = backbone.inputs[0]
+    return keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype,
+                       name=tensor.name.split(":")[0])
+
+
 class Task(keras.Model):
-    """Base of task models; subclasses build the head in their constructor."""
+    """Base of task models: a backbone plus a head, with a dict output.
+
+    A Task owns what the rest of tfbrain must know about it, so the trainer, evaluation,
+    attribution and export never branch on a task type:
+      `output_key`         the main output (`{"logits": ...}` -> "logits")
+      `target_kind`        what the data gives as targets: "class", "value", "pairs" (two
+                           views, no labels) or "none" (self-supervised)
+      `evaluator`          name of the evaluator in `tfbrain.training.evaluation`
+      `monitor`            (metric, "max"|"min") that selects `best/`
+      `default_loss()`, `default_metrics()`, `serving_outputs(outputs)`, `embed(inputs)`
+
+    Subclasses build the head in their constructor through `outputs_fn(features)`. Inputs
+    are taken from the backbone (names, shapes; a dict is allowed).
+    """
 
     task_type = None
+    output_key = None
+    target_kind = "none"
+    evaluator = None
+    monitor = ("loss", "min")
 
     def __init__(self, backbone, outputs_fn, dtype=None, **kwargs):
-        fmri = keras.Input(shape=backbone.input.shape[1:], name="fmri")
-        features = backbone(fmri)
-        super().__init__(inputs=fmri, outputs=outputs_fn(features), dtype=dtype, **kwargs)
+        inputs = task_inputs_like(backbone)
+        features = backbone(inputs)
+        super().__init__(inputs=inputs, outputs=outputs_fn(features), dtype=dtype, **kwargs)
         self.backbone = backbone
 
-    def embed(self, fmri):
-        """Token-mean backbone embedding `(B, C')`."""
-        return ops.mean(self.backbone(fmri), axis=tuple(range(1, len(self.backbone.output.shape) - 1)))
+    # === What the rest of tfbrain asks ===
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name.split(":")[0] for t in self.inputs]
+
+    def embed(self, inputs):
+        """Pooled backbone embedding `(B, C')` (the backbone's own pooling)."""
+        return pool_features(self.backbone(inputs, training=False), backbone_pooling(self.backbone))
+
+    def default_loss(self):
+        """Loss for `compile` (a dict keyed by output), or None when `compute_loss` is
+        overridden."""
+        return None
+
+    def default_metrics(self):
+        return None
+
+    def serving_outputs(self, outputs: dict) -> dict:
+        """Named tensors a served model returns, from the model's outputs."""
+        return dict(outputs)
 
     def task_metadata(self) -> dict:
-        return {"type": self.task_type}
+        return {"type": self.task_type, "output_key": self.output_key,
+                "pooling": backbone_pooling(self.backbone)}
 
     def save_to_preset(self, preset_dir, extra_metadata: dict | None = None):
         """Write the task model as a preset folder (metadata.json gains a "task" entry)."""
         save_preset(self, preset_dir, extra_metadata)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Load a task model from a preset name or folder."""
+        from tfbrain.models.loading import load_preset  # imports every family
+
+        model = load_preset(preset, load_weights=load_weights, **kwargs)
+        if not isinstance(model, cls):
+            raise ValueError(f"Preset {preset!r} holds a {type(model).__name__}, "
+                             f"not a {cls.__name__}.")
+        return model
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,
@@ -85,7 +138,7 @@ class Task(keras.Model):
         return cls(**config)
 
 
-def linear_head(output_name, num_outputs, head, dropout_rate, width):
+def linear_head(output_name, num_outputs, head, dropout_rate, width, pooling="token_mean"):
     """SwiFT's clf_mlp heads: token mean -> [dropout] -> [Linear(4C) (v2)] -> Linear.
 
     Returns a function `(B, ..., C) features -> {output_name: (B, num_outputs)}`.
@@ -94,7 +147,7 @@ def linear_head(output_name, num_outputs, head, dropout_rate, width):
         raise ValueError(f"`head` must be one of ('v1', 'v2'). Received: head={head!r}")
 
     def outputs_fn(features):
-        x = TokenMeanPool(name="pool")(features)
+        x = FeaturePool(pooling, name="pool")(features)
         if dropout_rate:
             x = keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
         if head == "v2":
@@ -104,6 +157,7 @@ def linear_head(output_name, num_outputs, head, dropout_rate, width):
     return outputs_fn
 
 
+@register_task("classification")
 @keras.saving.register_keras_serializable(package="tfbrain")
 class FMRIClassifier(Task):
     """Classification: `{"logits": (B, num_classes)}`; one logit for binary tasks.
@@ -115,10 +169,10 @@ class FMRIClassifier(Task):
         dropout_rate: float. Dropout on the pooled features (0 upstream).
     """
 
-    task_type = "classification"
 
     def __init__(self, backbone, num_classes=1, head="v1", dropout_rate=0.0, **kwargs):
-        outputs_fn = linear_head("logits", num_classes, head, dropout_rate, backbone.output.shape[-1])
+        outputs_fn = linear_head("logits", num_classes, head, dropout_rate,
+                                 backbone.output.shape[-1], backbone_pooling(backbone))
         super().__init__(backbone, outputs_fn, **kwargs)
         self.num_classes = num_classes
         self.head = head
@@ -133,6 +187,7 @@ class FMRIClassifier(Task):
                 "dropout_rate": self.dropout_rate}
 
 
+@register_task("regression")
 @keras.saving.register_keras_serializable(package="tfbrain")
 class FMRIRegressor(Task):
     """Regression: `{"prediction": (B, num_outputs)}` (upstream reg_mlp = clf_mlp v1 head).
@@ -144,11 +199,10 @@ class FMRIRegressor(Task):
         dropout_rate: float.
     """
 
-    task_type = "regression"
 
     def __init__(self, backbone, num_outputs=1, head="v1", dropout_rate=0.0, **kwargs):
         outputs_fn = linear_head("prediction", num_outputs, head, dropout_rate,
-                                 backbone.output.shape[-1])
+                                 backbone.output.shape[-1], backbone_pooling(backbone))
         super().__init__(backbone, outputs_fn, **kwargs)
         self.num_outputs = num_outputs
         self.head = head
@@ -162,6 +216,7 @@ class FMRIRegressor(Task):
                 "dropout_rate": self.dropout_rate}
 
 
+@register_task("contrastive")
 @keras.saving.register_keras_serializable(package="tfbrain")
 class FMRIContrastive(Task):
     """Contrastive projection: `{"embedding": (B, embedding_dim)}`, L2-normalised.
@@ -171,11 +226,10 @@ class FMRIContrastive(Task):
         embedding_dim: int. Projection width (128 upstream).
     """
 
-    task_type = "contrastive"
 
     def __init__(self, backbone, embedding_dim=128, **kwargs):
         def outputs_fn(features):
-            x = TokenMeanPool(name="pool")(features)
+            x = FeaturePool(backbone_pooling(backbone), name="pool")(features)
             x = keras.layers.Dense(embedding_dim, use_bias=False, name="fc1")(x)
             # torch BatchNorm1d defaults: eps 1e-5, momentum 0.1 (= Keras momentum 0.9)
             x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="bn1")(x)

@@ -157,7 +157,7 @@ def build_model(config: TrainConfig, labels: LabelSpec, volume_shape) -> keras.M
     """The task model: from a preset (backbone or task) or a SwiFT variant."""
     from tfbrain.models.swift import SWIFT_VARIANTS, SwiFTBackbone
     from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor, Task
-    from tfbrain.presets import load_preset
+    from tfbrain.models.loading import load_preset
 
     if config.model.preset:
         loaded = load_preset(config.model.preset)
@@ -613,7 +613,7 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
                    "best": str(best_dir), "final": str(work_dir / "final"),
                    "tensorboard": str(out / "tensorboard"), "global_step": total_steps}
         if config.task.type != "contrastive":
-            from tfbrain.presets import load_preset
+            from tfbrain.models.loading import load_preset
 
             best = load_preset(best_dir)
             report = {"model": str(best_dir)}

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from tests.test_case import TestCase, load_fixture_npz
 from tfbrain.layers import selective_scan as scan_module
-from tfbrain.layers.mamba_block import BiMambaBlock, MambaBlock, mamba_weights_from_torch
+from tfbrain.conversion.mamba import load_mamba
+from tfbrain.layers.mamba_block import BiMambaBlock, MambaBlock
 from tfbrain.layers.selective_scan import selective_scan_jit
 
 TINY = {"hidden_dim": 12, "state_dim": 4, "chunk_size": 4}
@@ -20,7 +21,7 @@ def load_block(block_cls, fixture, **kwargs):
     data = load_fixture_npz("mamba", fixture)
     block = block_cls(64, **kwargs)
     block.build(data["input"].shape)
-    mamba_weights_from_torch(block, data)
+    load_mamba(block, data)
     return block, data
 
 

@@ -6,7 +6,8 @@ import numpy as np
 from tests.test_case import TestCase, load_fixture_npz
 from tfbrain.losses import NTXentLoss
 from tfbrain.models.swift import SwiFTBackbone
-from tfbrain.models.swift.swift_conversion import assign_pairs, head_weight_map
+from tfbrain.conversion.heads import port_head
+from tfbrain.conversion.porter import StateDictPorter
 from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor
 
 TINY = dict(volume_shape=(8, 8, 8, 4, 1), patch_size=(2, 2, 2, 1), hidden_dim=12, depths=(1, 1),
@@ -17,6 +18,12 @@ def identity_backbone(shape):
     """Identity 'backbone' over fixed features, to test heads on upstream feature maps."""
     features = keras.Input(shape=shape, name="fmri")
     return keras.Model(features, keras.layers.Identity()(features))
+
+
+def load_head(model, head_state):
+    porter = StateDictPorter(head_state, "head")
+    port_head(porter, model)
+    porter.finish()
 
 
 class HeadsParityTest(TestCase):
@@ -32,15 +39,15 @@ class HeadsParityTest(TestCase):
     def test_classifier_heads(self):
         for version in ("v1", "v2"):
             model = FMRIClassifier(identity_backbone(self.features.shape[1:]), head=version)
-            assign_pairs(head_weight_map(model, {k: v for k, v in self.head_state(f"clf_{version}").items()
-                                                 if not k.endswith("logit")}))
+            load_head(model, {k: v for k, v in self.head_state(f"clf_{version}").items()
+                              if not k.endswith("logit")})
             self.assert_parity(model(self.features)["logits"], self.fixture[f"clf_{version}.logit"],
                                rel_tol=1e-5, name=version)
 
     def test_contrastive_head(self):
         model = FMRIContrastive(identity_backbone(self.features.shape[1:]))
         state = {k: v for k, v in self.head_state("emb").items() if not k.startswith("out")}
-        assign_pairs(head_weight_map(model, state))
+        load_head(model, state)
         self.assert_parity(model(self.features)["embedding"], self.fixture["emb.out_g"],
                            rel_tol=1e-5, name="emb")
 

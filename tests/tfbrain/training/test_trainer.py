@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests.tfbrain.training.cohort import convert_cohort, planted_cohort
-from tfbrain.presets import load_preset
+from tfbrain.models.loading import load_preset
 from tfbrain.training.config import TrainConfig
 from tfbrain.training.trainer import train
 

@@ -1,11 +1,16 @@
 """NeuroSTORM: 4D shifted-window fMRI foundation model with Mamba mixers."""
 
 from tfbrain.models.neurostorm.neurostorm_backbone import NeuroSTORMBackbone
+from tfbrain.models.neurostorm.neurostorm_conversion import UPSTREAM, convert_neurostorm
 from tfbrain.models.neurostorm.neurostorm_pretraining import NeuroSTORMMAE
 from tfbrain.models.neurostorm.neurostorm_presets import NEUROSTORM_PRESETS, NEUROSTORM_VARIANTS
-from tfbrain.presets import load_preset, register_presets
+from tfbrain.models.registry import FamilySpec, create_backbone, register_family
 
-register_presets(NEUROSTORM_PRESETS)
+register_family(FamilySpec(
+    name="neurostorm", backbone_class=NeuroSTORMBackbone, variants=NEUROSTORM_VARIANTS,
+    default_variant="neurostorm_paper", tiny_variant="neurostorm_tiny", input_kind="fmri_window",
+    upstream=UPSTREAM, converter=convert_neurostorm, presets=NEUROSTORM_PRESETS,
+    description="4D shifted windows with Mamba mixers, MAE pretraining (NeuroSTORM)"))
 
 
 class NeuroSTORM:
@@ -19,11 +24,10 @@ class NeuroSTORM:
 
     @staticmethod
     def from_pretrained(preset, load_weights=True, **config_overrides):
+        from tfbrain.models.loading import load_preset
+
         return load_preset(preset, load_weights=load_weights, **config_overrides)
 
     @staticmethod
     def backbone(variant="neurostorm_paper", **overrides):
-        if variant not in NEUROSTORM_VARIANTS:
-            raise ValueError(f"unknown NeuroSTORM variant {variant!r}; known: "
-                             f"{sorted(NEUROSTORM_VARIANTS)}")
-        return NeuroSTORMBackbone(**{**NEUROSTORM_VARIANTS[variant], **overrides})
+        return create_backbone("neurostorm", variant, **overrides)

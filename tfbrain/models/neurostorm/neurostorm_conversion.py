@@ -4,7 +4,7 @@ Reads torch-named state dicts (from .npz, .safetensors, or a Lightning .ckpt wit
 `torch` extra), maps every tensor onto the Keras variables by name and checks that
 nothing is left over on either side. Upstream layouts: Linear weights are (out, in);
 position tables are (1, C, D, H, W, 1) and (1, C, 1, 1, 1, T); the Mamba tensors are
-mamba_ssm's (`tfbrain.layers.mamba_block.mamba_weights_from_torch` maps them).
+mamba_ssm's (`tfbrain.conversion.mamba.port_mamba` maps them).
 
 Key families:
   * backbone `patch_embed.*`, `pos_embeds.*`, `layers.*` (bare, or under `model.` in a
@@ -16,14 +16,13 @@ Key families:
     `first_patch_expanding.*`, `layers_up.*`, `norm_up.*`, `decoder_pred.*`.
 """
 
-import numpy as np
-
-from tfbrain.layers.mamba_block import mamba_weights_from_torch
+from tfbrain.conversion.heads import attach_upstream_head
+from tfbrain.conversion.mamba import port_mamba
+from tfbrain.conversion.porter import StateDictPorter, split_by_prefix
 from tfbrain.models.neurostorm.neurostorm_backbone import NeuroSTORMBackbone
-from tfbrain.models.swift.swift_conversion import assign_pairs, attach_upstream_head
+from tfbrain.models.registry import UpstreamInfo
 
-MAMBA_KEYS = ("A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
-              "dt_proj.weight", "dt_proj.bias", "out_proj.weight")
+UPSTREAM = UpstreamInfo("CUHK-AIM-Group/NeuroSTORM", "a8dc38f665b104fc7559404def44695c332b47b4")
 MAE_PREFIXES = ("mask_token", "window_mask_token", "atlas_mask_token", "atlas_map",
                 "first_patch_expanding.", "layers_up.", "norm_up.", "decoder_pred.")
 
@@ -58,88 +57,35 @@ def split_state_dict(state_dict: dict) -> tuple[dict, dict]:
     the rest -> backbone.
     """
     if any(k.startswith(("model.", "output_head.")) for k in state_dict):
-        pairs = (("model.", 0), ("output_head.", 1))
+        parts = split_by_prefix(state_dict, {"model.": "backbone", "output_head.": "head"})
     else:
-        pairs = (("head.", 1), ("", 0))
-    parts = ({}, {})
-    for key, value in state_dict.items():
-        for prefix, part in pairs:
-            if key.startswith(prefix):
-                parts[part][key[len(prefix):]] = value
-                break
-    return parts
+        parts = split_by_prefix(state_dict, {"head.": "head"}, rest="backbone")
+    return parts["backbone"], parts["head"]
 
 
-class _Taker:
-    """Hands out upstream tensors by key, remembering which were used."""
-
-    def __init__(self, state_dict, what):
-        self.sd = {k: np.asarray(v) for k, v in state_dict.items()}
-        self.what = what
-        self.used = set()
-        self.pairs = []
-
-    def take(self, key, transform=lambda a: a):
-        if key not in self.sd:
-            raise KeyError(f"upstream state_dict has no tensor {key!r}; is it a {self.what} "
-                           "checkpoint of the configured size?")
-        self.used.add(key)
-        return transform(self.sd[key])
-
-    def add(self, variable, key, transform=lambda a: a):
-        self.pairs.append((variable, self.take(key, transform), key))
-
-    def dense(self, layer, prefix, bias=True):
-        self.add(layer.kernel, f"{prefix}.weight", np.transpose)
-        if bias:
-            self.add(layer.bias, f"{prefix}.bias")
-
-    def norm(self, layer, prefix):
-        self.add(layer.gamma, f"{prefix}.weight")
-        self.add(layer.beta, f"{prefix}.bias")
-
-    def block(self, block, prefix):
-        """A NeuroSTORMBlock4D: norms, MLP, prompt; the Mamba is loaded right away."""
-        self.norm(block.norm1, f"{prefix}.norm1")
-        self.norm(block.norm2, f"{prefix}.norm2")
-        self.dense(block.mlp.linear1, f"{prefix}.mlp.linear1")
-        self.dense(block.mlp.linear2, f"{prefix}.mlp.linear2")
-        if block.prompt is not None:
-            self.add(block.prompt, f"{prefix}.prompt")
-        mamba_prefix = f"{prefix}.mamba."
-        for name in MAMBA_KEYS:
-            self.take(mamba_prefix + name)
-        try:
-            mamba_weights_from_torch(block.mamba, self.sd, mamba_prefix)
-        except ValueError as err:
-            raise ValueError(f"{mamba_prefix}*: an upstream Mamba tensor does not fit "
-                             f"{block.mamba.path} ({err}); the upstream kwargs do not match the "
-                             "checkpoint.") from err
-
-    def check_all_used(self, ignored=()):
-        unused = sorted(k for k in set(self.sd) - self.used if not k.startswith(ignored))
-        if unused:
-            raise ValueError(f"upstream state_dict has {len(unused)} tensors with no place in "
-                             f"the configured {self.what}, e.g. {unused[:5]}; check the "
-                             "upstream kwargs.")
-
-
-def map_backbone(taker: _Taker, backbone: NeuroSTORMBackbone) -> None:
-    """Queue (or, for Mamba, load) every backbone tensor."""
-    taker.dense(backbone.get_layer("patch_embed").fc, "patch_embed.fc")
+def port_backbone(porter: StateDictPorter, backbone: NeuroSTORMBackbone) -> None:
+    """Queue every backbone tensor (torch names of upstream `NeuroSTORM`)."""
+    porter.dense(backbone.get_layer("patch_embed").fc, "patch_embed.fc")
     for i, depth in enumerate(backbone.depths):
         pos = backbone.get_layer(f"pos_embed_{i}")
         # (1, C, D, H, W, 1) -> (D, H, W, C); (1, C, 1, 1, 1, T) -> (T, C)
-        taker.add(pos.pos_embed, f"pos_embeds.{i}.pos_embed",
-                  lambda a: a[0, ..., 0].transpose(1, 2, 3, 0))
-        taker.add(pos.time_embed, f"pos_embeds.{i}.time_embed",
-                  lambda a: a[0, :, 0, 0, 0, :].T)
+        porter.port(pos.pos_embed, f"pos_embeds.{i}.pos_embed",
+                    lambda a: a[0, ..., 0].transpose(1, 2, 3, 0))
+        porter.port(pos.time_embed, f"pos_embeds.{i}.time_embed", lambda a: a[0, :, 0, 0, 0, :].T)
         for j in range(depth):
-            taker.block(backbone.get_layer(f"stage_{i}_block_{j}"), f"layers.{i}.blocks.{j}")
+            block = backbone.get_layer(f"stage_{i}_block_{j}")
+            prefix = f"layers.{i}.blocks.{j}"
+            porter.norm(block.norm1, f"{prefix}.norm1")
+            porter.norm(block.norm2, f"{prefix}.norm2")
+            porter.dense(block.mlp.linear1, f"{prefix}.mlp.linear1")
+            porter.dense(block.mlp.linear2, f"{prefix}.mlp.linear2")
+            if block.prompt is not None:
+                porter.port(block.prompt, f"{prefix}.prompt")
+            port_mamba(porter, block.mamba, f"{prefix}.mamba.")
         if i < len(backbone.depths) - 1:
             merge = backbone.get_layer(f"stage_{i}_merge")
-            taker.norm(merge.norm, f"layers.{i}.downsample.norm")
-            taker.dense(merge.reduction, f"layers.{i}.downsample.reduction", bias=False)
+            porter.norm(merge.norm, f"layers.{i}.downsample.norm")
+            porter.dense(merge.reduction, f"layers.{i}.downsample.reduction")
 
 
 def load_upstream_backbone(state_dict: dict, backbone_kwargs: dict) -> NeuroSTORMBackbone:
@@ -148,10 +94,9 @@ def load_upstream_backbone(state_dict: dict, backbone_kwargs: dict) -> NeuroSTOR
     The MAE-only tensors (mask tokens, decoder) of a pretraining checkpoint are skipped.
     """
     backbone = NeuroSTORMBackbone(**backbone_kwargs)
-    taker = _Taker(state_dict, "NeuroSTORMBackbone")
-    map_backbone(taker, backbone)
-    taker.check_all_used(ignored=MAE_PREFIXES)
-    assign_pairs(taker.pairs)
+    porter = StateDictPorter(state_dict, "NeuroSTORM", MAE_PREFIXES)
+    port_backbone(porter, backbone)
+    porter.finish()
     return backbone
 
 

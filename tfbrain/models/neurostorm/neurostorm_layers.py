@@ -12,8 +12,8 @@ import keras
 from keras import ops
 
 from tfbrain.layers.mamba_block import MambaBlock
-from tfbrain.layers.patch_4d import LAYER_NORM_EPSILON
-from tfbrain.models.swift.swift_layers import WindowBlock4D
+from tfbrain.layers.torch_compat import TORCH_LAYER_NORM_EPSILON
+from tfbrain.models.swin_4d import WindowBlock4D
 
 
 @keras.saving.register_keras_serializable(package="tfbrain")
@@ -120,7 +120,7 @@ class NeuroSTORMPatchExpanding(keras.layers.Layer):
                                          dtype=self.dtype_policy, name="expand")
         self.expand.build(x_shape)
         out_shape = self.compute_output_shape(x_shape)
-        self.norm = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON,
+        self.norm = keras.layers.LayerNormalization(epsilon=TORCH_LAYER_NORM_EPSILON,
                                                     dtype=self.dtype_policy, name="norm")
         self.norm.build(out_shape)
 

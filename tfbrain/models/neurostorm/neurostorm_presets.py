@@ -14,6 +14,10 @@ NEUROSTORM_VARIANTS = {
     "neurostorm_small": dict(volume_shape=(48, 48, 48, 8, 1), patch_size=(6, 6, 6, 1),
                              hidden_dim=24, depths=(2, 2, 2, 2), first_window_size=(4, 4, 4, 4),
                              window_size=(4, 4, 4, 4), c_multiplier=2, last_layer_full_msa=True),
+    # 8^3 x 4 windows, two stages: unit tests and the registry contract tests.
+    "neurostorm_tiny": dict(volume_shape=(8, 8, 8, 4, 1), patch_size=(2, 2, 2, 1), hidden_dim=12,
+                            depths=(1, 1), first_window_size=(2, 2, 2, 2),
+                            window_size=(2, 2, 2, 2)),
 }
 
 _UPSTREAM = "huggingface.co/zxcvb20001/NeuroSTORM (pretraining/<dataset>/)"

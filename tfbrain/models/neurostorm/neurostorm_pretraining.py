@@ -31,7 +31,7 @@ Letters: B batch, D/H/W space, T frames, C channels, P voxels per patch (pd*ph*p
 import keras
 from keras import ops
 
-from tfbrain.layers.patch_4d import LAYER_NORM_EPSILON
+from tfbrain.layers.torch_compat import TORCH_LAYER_NORM_EPSILON
 from tfbrain.models.neurostorm.neurostorm_backbone import NeuroSTORMBackbone
 from tfbrain.models.neurostorm.neurostorm_layers import NeuroSTORMBlock4D, NeuroSTORMPatchExpanding
 
@@ -223,7 +223,7 @@ class NeuroSTORMMAE(keras.Model):
                     scan_jit=backbone.scan_jit, dtype=dtype, name=f"layers_up_{k}_block_{j}")(x)
             if i > 0:
                 x = NeuroSTORMPatchExpanding(width, dtype=dtype, name=f"layers_up_{k}_upsample")(x)
-        x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, dtype=dtype,
+        x = keras.layers.LayerNormalization(epsilon=TORCH_LAYER_NORM_EPSILON, dtype=dtype,
                                             name="norm_up")(x)
         patch_volume = backbone.patch_size[0] * backbone.patch_size[1] * backbone.patch_size[2]
         x = keras.layers.Dense(patch_volume * backbone.volume_shape[4], dtype=dtype,

@@ -1,10 +1,15 @@
 """SwiFT: Swin 4D fMRI Transformer."""
 
+from tfbrain.models.registry import FamilySpec, UpstreamInfo, create_backbone, register_family
 from tfbrain.models.swift.swift_backbone import SwiFTBackbone
+from tfbrain.models.swift.swift_conversion import UPSTREAM, convert_swift
 from tfbrain.models.swift.swift_presets import SWIFT_PRESETS, SWIFT_VARIANTS
-from tfbrain.presets import load_preset, register_presets
 
-register_presets(SWIFT_PRESETS)
+register_family(FamilySpec(
+    name="swift", backbone_class=SwiFTBackbone, variants=SWIFT_VARIANTS,
+    default_variant="swift_paper", tiny_variant="swift_tiny", input_kind="fmri_window",
+    upstream=UPSTREAM, converter=convert_swift, presets=SWIFT_PRESETS,
+    description="4D Swin transformer with shifted 4D windows (Kim et al., NeurIPS 2023)"))
 
 
 class SwiFT:
@@ -17,10 +22,10 @@ class SwiFT:
 
     @staticmethod
     def from_pretrained(preset, load_weights=True, **config_overrides):
+        from tfbrain.models.loading import load_preset
+
         return load_preset(preset, load_weights=load_weights, **config_overrides)
 
     @staticmethod
     def backbone(variant="swift_paper", **overrides):
-        if variant not in SWIFT_VARIANTS:
-            raise ValueError(f"unknown SwiFT variant {variant!r}; known: {sorted(SWIFT_VARIANTS)}")
-        return SwiFTBackbone(**{**SWIFT_VARIANTS[variant], **overrides})
+        return create_backbone("swift", variant, **overrides)

@@ -15,6 +15,10 @@ SWIFT_VARIANTS = {
                         depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24),
                         first_window_size=(4, 4, 4, 4), window_size=(4, 4, 4, 4),
                         c_multiplier=2, last_layer_full_msa=True),
+    # 8^3 x 4 windows, two stages: unit tests and the registry contract tests.
+    "swift_tiny": dict(volume_shape=(8, 8, 8, 4, 1), patch_size=(2, 2, 2, 1), hidden_dim=12,
+                       depths=(1, 2), num_heads=(2, 4), first_window_size=(2, 2, 2, 2),
+                       window_size=(2, 2, 2, 2)),
 }
 
 _UPSTREAM = "github.com/Transconnectome/SwiFT, pretrained_models/"

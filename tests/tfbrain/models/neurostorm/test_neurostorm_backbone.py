@@ -56,7 +56,7 @@ class NeuroSTORMBackboneTest(TestCase):
         self.assertEqual(NeuroSTORM.backbone("neurostorm_paper").count_params(), 5_173_020)
         self.assertEqual(NeuroSTORM.backbone("neurostorm_paper", hidden_dim=24).count_params(),
                          2_391_336)
-        with self.assertRaisesRegex(ValueError, "unknown NeuroSTORM variant"):
+        with self.assertRaisesRegex(ValueError, "unknown neurostorm variant"):
             NeuroSTORM.backbone("neurostorm_huge")
 
     def test_bad_inputs(self):
