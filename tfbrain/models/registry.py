@@ -45,6 +45,8 @@ class FamilySpec:
     # a variant small enough for unit tests on 2 CPU cores (the registry contract tests
     # build, train, export and serve it)
     tiny_variant: str | None = None
+    # the task type a bare `tfbrain train --set model.family=...` and the contract tests use
+    default_task: str = "classification"
 
     def __post_init__(self):
         if self.input_kind not in INPUT_KINDS:
