@@ -142,16 +142,17 @@ def _window_labels(train_config, summary) -> list:
     """Binary labels (stimulus = 1) of the test windows, for the majority baseline."""
     import numpy as np
 
-    from tfbrain.training.trainer import Datasets, LabelSpec
     import tfrecords_tools
 
-    info = tfrecords_tools.load_dataset_info(train_config.data.dataset_dir)
-    labels = LabelSpec(train_config, info, train_config.data.dataset_dir)
-    dataset = Datasets(train_config, labels).evaluation(train_config.data.test_split)
-    if dataset is None:
-        return []
-    raw = np.concatenate([label.numpy() for _, label, _ in dataset])
-    return labels.mapping[raw].tolist()
+    data = train_config.data
+    bounds = np.concatenate([[0.0], np.cumsum(data.time_split)])
+    test = (float(bounds[2]), float(min(bounds[3], 1.0)))
+    index = tfrecords_tools.window_index(data.dataset_dir, None, window=data.window,
+                                         stride=data.eval_stride, frames=test)
+    groups = list(data.label_groups.values())
+    vocabulary = tfrecords_tools.load_dataset_info(data.dataset_dir)["labels"]["vocabulary"]
+    group_of = {name: g for g, members in enumerate(groups) for name in members}
+    return [group_of[vocabulary[w["label"]]] for w in index]
 
 
 def _export_and_query(best_dir, out, dataset_dir, train_config) -> dict:

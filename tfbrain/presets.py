@@ -13,11 +13,10 @@ import datetime
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 
 import keras
 
+from tfbrain.atomic import atomic_folder
 from tfbrain.version import __version__
 
 CONFIG_FILE = "config.json"
@@ -107,13 +106,11 @@ def instantiate_preset(folder: pathlib.Path, config: dict, load_weights: bool = 
 
 
 def save_preset(model: keras.Model, preset_dir, extra_metadata: dict | None = None) -> pathlib.Path:
-    """Save any registered Keras model as a preset folder (written to a temp dir, then renamed)."""
+    """Save any registered Keras model as a preset folder (written aside, then renamed)."""
     preset_dir = pathlib.Path(preset_dir)
-    preset_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{preset_dir.name}.tmp-", dir=preset_dir.parent))
-    try:
-        config = {"class_name": keras.saving.get_registered_name(type(model)),
-                  "config": model.get_config()}
+    config = {"class_name": keras.saving.get_registered_name(type(model)),
+              "config": model.get_config()}
+    with atomic_folder(preset_dir) as tmp_dir:
         (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         model.save_weights(str(tmp_dir / WEIGHTS_FILE))
         inputs = {}
@@ -130,15 +127,5 @@ def save_preset(model: keras.Model, preset_dir, extra_metadata: dict | None = No
         if hasattr(model, "task_metadata"):
             metadata["task"] = model.task_metadata()
         metadata.update(extra_metadata or {})
-        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-        if preset_dir.exists():
-            backup = preset_dir.with_name(preset_dir.name + ".old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(preset_dir, backup)
-            os.replace(tmp_dir, preset_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, preset_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     return preset_dir

@@ -10,7 +10,8 @@ See docs/tfrecords_tools.md for the record schema and dataset.json.
 
 from tfrecords_tools.errors import BadInputError
 from tfrecords_tools.preprocess import PreprocessConfig, prepare_run
-from tfrecords_tools.reader import num_windows, read_frames, run_info, windows
+from tfrecords_tools.reader import (num_windows, read_frames, run_info, split_names,
+                                    window_index, windows)
 from tfrecords_tools.schema import load_dataset_info
 from tfrecords_tools.sources import Run, runs_from_bids, runs_from_files, runs_from_table
 from tfrecords_tools.splits import load_splits, make_splits, save_splits

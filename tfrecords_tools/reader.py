@@ -47,6 +47,42 @@ def frame_span(num_frames: int, frames: Optional[tuple[float, float]]) -> tuple[
     return int(round(low * num_frames)), int(round(high * num_frames))
 
 
+def split_names(dataset_dir: str, splits_file: Optional[str] = None) -> list[str]:
+    """The split names a dataset (or `splits_file`) defines; [] when it has no splits file."""
+    import tensorflow as tf
+
+    path = splits_file or schema.join(dataset_dir, schema.SPLITS_JSON)
+    if not tf.io.gfile.exists(path):
+        return []
+    return sorted(splits_lib.load_splits(path))
+
+
+def window_index(dataset_dir: str, split: Optional[str] = None, *, window: int = 20,
+                 stride: Optional[int] = None, splits_file: Optional[str] = None,
+                 frames: Optional[tuple[float, float]] = None) -> list[dict]:
+    """Every window `windows(..., shuffle=False)` yields, from dataset.json alone (no shard
+    is read): `{"run", "subject", "start", "label"}` in run order. `label` is what the
+    window's label will be: the run's label, or for event labels the window's majority
+    class (`events.window_label`); -1 / None when unlabelled."""
+    from tfrecords_tools import events as events_lib
+
+    info = schema.load_dataset_info(dataset_dir)
+    stride = stride or window
+    num_classes = len(info["labels"].get("vocabulary") or [])
+    index = []
+    for run in _select_runs(info, dataset_dir, split, splits_file, None):
+        first, stop = frame_span(run["num_frames"], frames)
+        for start in range(first, stop - window + 1, stride):
+            if info["labels"]["kind"] == "events":
+                label = events_lib.window_label(
+                    np.asarray(run["frame_labels"][start:start + window]), num_classes)
+            else:
+                label = run["label"]
+            index.append({"run": run["key"], "subject": run["subject"], "start": start,
+                          "label": label})
+    return index
+
+
 def num_windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20,
                 stride: Optional[int] = None, pairs: bool = False, splits_file: Optional[str] = None,
                 frames: Optional[tuple[float, float]] = None) -> int:

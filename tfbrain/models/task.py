@@ -1,12 +1,15 @@
-"""Task models: a backbone plus a head, with named dict outputs.
+"""Task models: a backbone plus a head, with named dict outputs, and everything the
+family-free trainer, evaluation, attribution and export need to know about the task.
 
-Every task model is a functional `keras.Model` with one input, `fmri`
-`(B, D, H, W, T, C)`, and a dict output:
+Every task model is a functional `keras.Model` whose inputs are the backbone's (for the
+fMRI families one input, `fmri` `(B, D, H, W, T, C)`) and whose output is a dict:
   classification -> {"logits": (B, num_classes)}  (binary: num_classes = 1)
   regression     -> {"prediction": (B, num_outputs)}
   contrastive    -> {"embedding": (B, E)}  (L2-normalised)
-It keeps `.backbone` and `.task_type`; `embed(fmri)` is the token-mean backbone
-embedding `(B, C')`. Export and serving rely on exactly this surface.
+It keeps `.backbone` and `.task_type`; `embed(inputs)` is the backbone embedding pooled as
+the backbone says (`Backbone.pooling`). Task types register by name
+(`tfbrain.models.registry.register_task`), which is what `[task] type` in a training
+config names.
 
 Heads follow SwiFT (Transconnectome/SwiFT `project/module/models/`): `clf_mlp`
 (v1: mean over tokens -> Linear), `clf_mlp_v2` (mean -> Linear(4C) -> Linear, no
@@ -78,7 +81,8 @@ class Task(keras.Model):
     output_key = None
     target_kind = "none"
     evaluator = None
-    monitor = ("loss", "min")
+    monitor = ("val_loss", "min")
+    attributable = False  # Integrated Gradients of `output_key` make sense
 
     def __init__(self, backbone, outputs_fn, dtype=None, **kwargs):
         inputs = task_inputs_like(backbone)
@@ -88,9 +92,32 @@ class Task(keras.Model):
 
     # === What the rest of tfbrain asks ===
 
+    @classmethod
+    def from_train_config(cls, backbone, task_config, model_config, targets):
+        """Build the task for `tfbrain train` from its config sections and the dataset's
+        targets (`tfbrain.training.targets.Targets`)."""
+        return cls(backbone, **task_config.options)
+
     @property
     def input_names(self) -> list[str]:
         return [t.name.split(":")[0] for t in self.inputs]
+
+    def input_specs(self) -> dict:
+        """{input name: (shape without batch, dtype)}."""
+        return {t.name.split(":")[0]: (tuple(t.shape[1:]), str(t.dtype)) for t in self.inputs}
+
+    def training_model(self) -> keras.Model:
+        """The model `fit` trains (the task itself unless the objective needs a wrapper,
+        as the contrastive pairs do)."""
+        return self
+
+    def default_attribution_unit(self, output) -> int:
+        raise ValueError(f"a {self.task_type} model has no output to attribute; Integrated "
+                         "Gradients need a classification or regression model")
+
+    def visualize(self, inputs, outputs) -> dict:
+        """Optional images for TensorBoard: {name: (N, H, W, 1) float in [0, 1]}."""
+        return {}
 
     def embed(self, inputs):
         """Pooled backbone embedding `(B, C')` (the backbone's own pooling)."""
@@ -170,6 +197,38 @@ class FMRIClassifier(Task):
     """
 
 
+    output_key = "logits"
+    target_kind = "class"
+    evaluator = "classification"
+    monitor = ("val_subject_auroc", "max")
+    attributable = True
+
+    @classmethod
+    def from_train_config(cls, backbone, task_config, model_config, targets):
+        return cls(backbone, num_classes=targets.num_outputs, head=model_config.head,
+                   dropout_rate=model_config.dropout_rate, **task_config.options)
+
+    def default_loss(self):
+        if self.num_classes == 1:
+            return {"logits": keras.losses.BinaryCrossentropy(from_logits=True)}
+        return {"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+
+    def default_metrics(self):
+        if self.num_classes == 1:
+            return {"logits": [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]}
+        return {"logits": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+
+    def serving_outputs(self, outputs):
+        logits = ops.cast(outputs["logits"], "float32")  # (B, K)
+        probabilities = (ops.sigmoid(logits) if self.num_classes == 1
+                         else ops.softmax(logits, axis=-1))
+        return {"logits": logits, "probabilities": probabilities}
+
+    def default_attribution_unit(self, output) -> int:
+        """Output unit to attribute for one window's output `(K,)`: the logit of a binary
+        task, else the predicted class."""
+        return 0 if self.num_classes == 1 else int(ops.convert_to_numpy(ops.argmax(output)))
+
     def __init__(self, backbone, num_classes=1, head="v1", dropout_rate=0.0, **kwargs):
         outputs_fn = linear_head("logits", num_classes, head, dropout_rate,
                                  backbone.output.shape[-1], backbone_pooling(backbone))
@@ -179,7 +238,7 @@ class FMRIClassifier(Task):
         self.dropout_rate = dropout_rate
 
     def task_metadata(self):
-        return {"type": self.task_type, "num_classes": self.num_classes,
+        return {**super().task_metadata(), "num_classes": self.num_classes,
                 "activation": "sigmoid" if self.num_classes == 1 else "softmax"}
 
     def get_config(self):
@@ -200,6 +259,29 @@ class FMRIRegressor(Task):
     """
 
 
+    output_key = "prediction"
+    target_kind = "value"
+    evaluator = "regression"
+    monitor = ("val_subject_mse", "min")
+    attributable = True
+
+    @classmethod
+    def from_train_config(cls, backbone, task_config, model_config, targets):
+        return cls(backbone, num_outputs=targets.num_outputs, head=model_config.head,
+                   dropout_rate=model_config.dropout_rate, **task_config.options)
+
+    def default_loss(self):
+        return {"prediction": keras.losses.MeanSquaredError()}
+
+    def default_metrics(self):
+        return {"prediction": [keras.metrics.MeanAbsoluteError(name="mae")]}
+
+    def serving_outputs(self, outputs):
+        return {"prediction": ops.cast(outputs["prediction"], "float32")}
+
+    def default_attribution_unit(self, output) -> int:
+        return 0
+
     def __init__(self, backbone, num_outputs=1, head="v1", dropout_rate=0.0, **kwargs):
         outputs_fn = linear_head("prediction", num_outputs, head, dropout_rate,
                                  backbone.output.shape[-1], backbone_pooling(backbone))
@@ -209,7 +291,7 @@ class FMRIRegressor(Task):
         self.dropout_rate = dropout_rate
 
     def task_metadata(self):
-        return {"type": self.task_type, "num_outputs": self.num_outputs}
+        return {**super().task_metadata(), "num_outputs": self.num_outputs}
 
     def get_config(self):
         return {**super().get_config(), "num_outputs": self.num_outputs, "head": self.head,
@@ -224,10 +306,38 @@ class FMRIContrastive(Task):
     Args:
         backbone: a tfbrain backbone.
         embedding_dim: int. Projection width (128 upstream).
+        temperature: float. NT-Xent temperature of the training loss (0.1 upstream).
     """
 
 
-    def __init__(self, backbone, embedding_dim=128, **kwargs):
+    output_key = "embedding"
+    target_kind = "pairs"
+    evaluator = "contrastive"
+    monitor = ("val_loss", "min")
+
+    @classmethod
+    def from_train_config(cls, backbone, task_config, model_config, targets):
+        return cls(backbone, embedding_dim=task_config.embedding_dim,
+                   temperature=task_config.temperature, **task_config.options)
+
+    def training_model(self):
+        """`(B, 2, D, H, W, T, C)` two views -> `(B, 2, E)` embeddings, sharing this model."""
+        (name, spec), = self.input_specs().items()
+        views = keras.Input(shape=(2,) + spec[0], name=f"{name}_views")
+        first = self(keras.layers.Lambda(lambda v: v[:, 0], name="view_0")(views))["embedding"]
+        second = self(keras.layers.Lambda(lambda v: v[:, 1], name="view_1")(views))["embedding"]
+        pair = keras.layers.Lambda(lambda e: ops.stack(e, axis=1), name="pair")([first, second])
+        return keras.Model(views, pair, name="contrastive_pairs")
+
+    def default_loss(self):
+        from tfbrain.losses import NTXentLoss
+
+        return NTXentLoss(self.temperature)
+
+    def serving_outputs(self, outputs):
+        return {"embedding": ops.cast(outputs["embedding"], "float32")}
+
+    def __init__(self, backbone, embedding_dim=128, temperature=0.1, **kwargs):
         def outputs_fn(features):
             x = FeaturePool(backbone_pooling(backbone), name="pool")(features)
             x = keras.layers.Dense(embedding_dim, use_bias=False, name="fc1")(x)
@@ -237,9 +347,11 @@ class FMRIContrastive(Task):
 
         super().__init__(backbone, outputs_fn, **kwargs)
         self.embedding_dim = embedding_dim
+        self.temperature = temperature
 
     def task_metadata(self):
-        return {"type": self.task_type, "embedding_dim": self.embedding_dim}
+        return {**super().task_metadata(), "embedding_dim": self.embedding_dim}
 
     def get_config(self):
-        return {**super().get_config(), "embedding_dim": self.embedding_dim}
+        return {**super().get_config(), "embedding_dim": self.embedding_dim,
+                "temperature": self.temperature}

@@ -12,10 +12,11 @@ import numpy as np
 
 
 def integrated_gradients(model, window: np.ndarray, target: int, steps: int = 32,
-                         batch_size: int = 8, output_key: str = "logits") -> np.ndarray:
+                         batch_size: int = 8, output_key: str | None = None) -> np.ndarray:
     """IG of one `(D, H, W, T, C)` window for output unit `target`; returns the same shape."""
     import tensorflow as tf
 
+    output_key = output_key or model.output_key
     window = tf.convert_to_tensor(window, tf.float32)
     baseline = tf.fill(tf.shape(window), tf.reduce_min(window))
     delta = window - baseline
@@ -37,14 +38,18 @@ def run_attribution(model, dataset_dir: str, run: str, window: int, stride: int 
     """Mean over a run's windows of IG summed over frames: `(D, H, W)`, and details."""
     import tfrecords_tools
 
-    output_key = "logits" if "logits" in model.output else "prediction"
+    if not getattr(model, "attributable", False):
+        raise ValueError(f"{type(model).__name__} ({getattr(model, 'task_type', None)}) has no "
+                         "output to attribute; Integrated Gradients need a classification or "
+                         "regression model")
+    output_key = model.output_key
     dataset = tfrecords_tools.windows(dataset_dir, None, window=window, stride=stride or window,
                                       shuffle=False, seed=0, subjects=[run])
     maps, logits = [], []
     for volume, _, _ in dataset:
         volume = volume.numpy()
         out = np.asarray(model(volume[None], training=False)[output_key])[0]
-        unit = target if target is not None else (0 if out.shape[-1] == 1 else int(out.argmax()))
+        unit = target if target is not None else model.default_attribution_unit(out)
         attribution = integrated_gradients(model, volume, unit, steps=steps, output_key=output_key)
         maps.append(attribution[..., 0].sum(axis=-1))  # (D, H, W): summed over frames
         logits.append(out.tolist())
@@ -66,7 +71,7 @@ def write_attribution(model, dataset_dir: str, run: str, out_path: str, window: 
     attribution, details = run_attribution(model, dataset_dir, run, window, stride, steps, target)
     image = tfrecords_tools.to_original_space(attribution.astype(np.float32), dataset_dir, run)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp.nii.gz"
+    tmp = f"{out_path}.tmp-{os.getpid()}.nii.gz"
     nib.save(image, tmp)
     os.replace(tmp, out_path)
     grid_path = out_path.replace(".nii.gz", "").replace(".nii", "") + "_grid.npy"

@@ -38,7 +38,10 @@ class DataConfig:
 @dataclasses.dataclass
 class ModelConfig:
     preset: str = ""                 # fine-tune from this preset (name or folder); else build
-    variant: str = "swift_small"     # SwiFT variant when no preset
+    family: str = ""                 # model family (`tfbrain presets` lists them); default: the
+    #                                  variant's family, or swift
+    variant: str = ""                # named variant of the family (default: swift_small, or
+    #                                  the family's default variant)
     backbone: dict = dataclasses.field(default_factory=dict)  # backbone constructor overrides
     head: str = "v1"                 # "v1" | "v2" (classification/regression)
     dropout_rate: float = 0.0        # on pooled features
@@ -47,10 +50,13 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TaskConfig:
-    type: str = "classification"     # classification | regression | contrastive
+    type: str = "classification"     # a registered task: classification | regression |
+    #                                  contrastive | mae | ... (`tfbrain presets` lists them)
     temperature: float = 0.1         # NT-Xent
     embedding_dim: int = 128         # contrastive projection width
     balance_classes: bool = False    # weight training windows by 1 / class frequency
+    options: dict = dataclasses.field(default_factory=dict)  # further task constructor
+    #                                  arguments, e.g. {mask_ratio = 0.5} for mae
 
 
 @dataclasses.dataclass
@@ -135,8 +141,24 @@ class TrainConfig:
         def fail(message):
             raise ValueError(f"{source}: {message}")
 
-        if self.task.type not in ("classification", "regression", "contrastive"):
-            fail(f"[task] type must be classification, regression or contrastive; got {self.task.type!r}")
+        from tfbrain.models.registry import task_types
+
+        known_tasks = task_types()
+        if self.task.type not in known_tasks:
+            fail(f"[task] type {self.task.type!r} is unknown; known: {sorted(known_tasks)}")
+        if self.model.family or self.model.variant:
+            from tfbrain.models.registry import get_family, resolve_variant
+
+            try:
+                if self.model.family:
+                    spec = get_family(self.model.family)
+                    if self.model.variant and self.model.variant not in spec.variants:
+                        raise ValueError(f"unknown {spec.name} variant {self.model.variant!r}; "
+                                         f"known: {sorted(spec.variants)}")
+                else:
+                    resolve_variant(self.model.variant)
+            except ValueError as err:
+                fail(f"[model] {err}")
         if self.optim.jit_compile is None:
             fail("[optim] jit_compile must be set explicitly to true or false (Keras' 'auto' "
                  "means off on CPU and on on GPU, so runs would differ between machines)")
@@ -160,10 +182,55 @@ class TrainConfig:
             fail(f"[optim] warmup_fraction must be in [0, 1); got {self.optim.warmup_fraction}")
 
     def monitor(self) -> tuple[str, str]:
-        """(metric name, "max"|"min") that picks the best checkpoint."""
+        """(metric name, "max"|"min") that picks the best checkpoint: `[run] monitor`, else
+        the task's own choice."""
         if self.run.monitor:
             mode = "min" if any(k in self.run.monitor for k in ("loss", "mse", "mae")) else "max"
             return self.run.monitor, mode
-        return {"classification": ("val_subject_auroc", "max"),
-                "regression": ("val_subject_mse", "min"),
-                "contrastive": ("val_loss", "min")}[self.task.type]
+        from tfbrain.models.registry import get_task_class
+
+        return get_task_class(self.task.type).monitor
+
+    def model_family_and_variant(self) -> tuple[str, str]:
+        """(family, variant) to build when there is no preset; the old SwiFT-only form
+        (`variant` alone, or nothing) keeps working."""
+        from tfbrain.models.registry import get_family, resolve_variant
+
+        if self.model.family:
+            spec = get_family(self.model.family)
+            return spec.name, self.model.variant or spec.default_variant
+        spec, variant = resolve_variant(self.model.variant or "swift_small")
+        return spec.name, variant
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides=()) -> dict:
+    """`section.field=value` overrides (TOML values; `a.b.c=v` sets nested tables)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"--set expects section.field=value; got {item!r}")
+        *path, field = key.split(".")
+        table = raw
+        for part in path:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a table")
+        table[field] = _parse_value(value)
+    return raw
+
+
+def load_config(path, overrides=()) -> "TrainConfig":
+    """A TrainConfig from a TOML file plus `section.field=value` overrides."""
+    path = pathlib.Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the TOML config ({err})") from err
+    return TrainConfig.from_dict(apply_overrides(raw, overrides), source=str(path))

@@ -33,7 +33,7 @@ class GradientHistograms(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import tensorflow as tf
 
-        x, y = self.batch
+        x, y = self.batch if isinstance(self.batch, tuple) else (self.batch, None)
         with tf.GradientTape() as tape:
             predictions = self.model(x, training=False)
             loss = self.model.compute_loss(x=x, y=y, y_pred=predictions)
@@ -82,7 +82,30 @@ class BrainSlices(keras.callbacks.Callback):
         self.done = True
 
 
-def tensorboard_callbacks(config, log_dir, datasets) -> list:
+class TaskImages(keras.callbacks.Callback):
+    """The Task's own images (`Task.visualize`, e.g. MAE reconstructions beside the input)
+    of one fixed validation (or training) batch, every epoch."""
+
+    def __init__(self, log_dir, task_model, inputs):
+        super().__init__()
+        self.log_dir, self.task_model, self.inputs = str(log_dir), task_model, inputs
+        self.writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        images = self.task_model.visualize(self.inputs, self.task_model(self.inputs, training=False))
+        if not images:
+            return
+        if self.writer is None:
+            self.writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "validation"))
+        with self.writer.as_default(step=epoch):
+            for name, image in images.items():
+                tf.summary.image(name, np.asarray(image, np.float32))
+        self.writer.flush()
+
+
+def tensorboard_callbacks(config, log_dir, datasets, task_model) -> list:
     """Callbacks for one run; the first training batch feeds gradient histograms and images."""
     tb = config.tensorboard
     profile = tuple(int(s) for s in tb.profile_steps.split(",")) if tb.profile_steps else 0
@@ -90,17 +113,22 @@ def tensorboard_callbacks(config, log_dir, datasets) -> list:
                  keras.callbacks.TensorBoard(str(log_dir), histogram_freq=int(tb.weight_histograms),
                                              write_graph=False, update_freq="epoch",
                                              profile_batch=profile)]
-    x, y = next(iter(datasets.train(0).take(1)))[:2]  # (x, y[, sample weights])
+    batch = next(iter(datasets.train(0).take(1)))  # x, or (x, y[, sample weights])
+    batch = batch[:2] if isinstance(batch, tuple) else batch
+    x = batch[0] if isinstance(batch, tuple) else batch
     if tb.gradient_histograms:
-        callbacks.append(GradientHistograms(log_dir, (x, y)))
+        callbacks.append(GradientHistograms(log_dir, batch))
     if tb.images:
-        window = np.asarray(x[0, 0] if config.task.type == "contrastive" else x[0])
+        window = np.asarray(x[0])
+        if window.ndim > len(datasets.input_shape):  # two views of a pair: show the first
+            window = window[0]
         callbacks.append(BrainSlices(log_dir, window))
+        callbacks.append(TaskImages(log_dir, task_model, window[None]))
     return callbacks
 
 
-def write_embeddings(model, datasets, labels, log_dir, split=None, max_windows: int = 5000) -> str:
-    """Window embeddings (`model.embed`: token-mean backbone output) for the projector,
+def write_embeddings(model, datasets, log_dir, split=None, max_windows: int = 5000) -> str:
+    """Window embeddings (`model.embed`: the backbone's pooled output) for the projector,
     with subject and label columns (colour by subject to see subject clusters)."""
     import tensorflow as tf
     from tensorboard.plugins import projector
@@ -112,14 +140,15 @@ def write_embeddings(model, datasets, labels, log_dir, split=None, max_windows: 
         return ""
     embed = tf.function(model.embed, jit_compile=bool(config.optim.jit_compile))
     vectors, rows = [], []
-    names = labels.class_names
+    targets = datasets.targets
+    names = targets.class_names if targets.kind == "class" else None
     for window, label, subject in dataset:
         vectors.append(np.asarray(embed(window), np.float32))
         for lab, sub in zip(label.numpy(), subject.numpy()):
-            if labels.mapping is not None and lab >= 0:
-                lab = labels.mapping[lab]
-            is_class = names and labels.task_type == "classification" and 0 <= lab < len(names)
-            rows.append((sub.decode(), names[int(lab)] if is_class else f"{lab:g}"))
+            if names and lab >= 0:
+                rows.append((sub.decode(), names[targets.class_of(int(lab))]))
+            else:
+                rows.append((sub.decode(), f"{lab:g}"))
         if len(rows) >= max_windows:
             break
     projector_dir = os.path.join(str(log_dir), "projector")

@@ -210,19 +210,18 @@ def test_two_workers_train_the_same_model(cohort, tmp_path):
 
 def test_balanced_class_weights_from_dataset_json(cohort, tmp_path):
     import tfrecords_tools
-    from tfbrain.training.trainer import Datasets, LabelSpec
+    from tfbrain.models.task import FMRIClassifier
+    from tfbrain.training.data import WindowDatasets
 
     config = make_config(cohort, str(tmp_path / "run"), task={"balance_classes": True},
                          data={"stride": 4})
-    info = tfrecords_tools.load_dataset_info(cohort)
-    labels = LabelSpec(config, info, cohort)
-    datasets = Datasets(config, labels)
+    datasets = WindowDatasets(config, FMRIClassifier)
     streamed = np.zeros(2, np.int64)
     for _, label, _ in tfrecords_tools.windows(cohort, "train", window=8, stride=4, shuffle=False):
         streamed[int(label)] += 1
-    np.testing.assert_array_equal(labels.window_class_counts(info, datasets), streamed)
+    np.testing.assert_array_equal(datasets.targets.class_counts(datasets.train_index), streamed)
     expected = streamed.sum() / (2 * streamed)
-    np.testing.assert_allclose(datasets.class_weights, expected, rtol=1e-6)
+    np.testing.assert_allclose(datasets.targets.class_weights, expected, rtol=1e-6)
     x, y, weights = next(iter(datasets.train(0)))
     targets = y["logits"].numpy()[:, 0].astype(int)
     np.testing.assert_allclose(weights["logits"].numpy(), expected[targets], rtol=1e-6)

@@ -29,11 +29,14 @@ Letters: B batch, D/H/W space, T frames, C channels, P voxels per patch (pd*ph*p
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfbrain.layers.torch_compat import TORCH_LAYER_NORM_EPSILON
 from tfbrain.models.neurostorm.neurostorm_backbone import NeuroSTORMBackbone
 from tfbrain.models.neurostorm.neurostorm_layers import NeuroSTORMBlock4D, NeuroSTORMPatchExpanding
+from tfbrain.models.registry import register_task
+from tfbrain.models.task import Task
 
 MASKING_MODES = (("window", "random"), ("random", "random"))
 
@@ -167,8 +170,9 @@ def masked_reconstruction_loss(fmri, reconstruction, token_mask, patch_size):
     return ops.sum(per_token * token_mask) / ops.sum(token_mask)
 
 
+@register_task("mae")
 @keras.saving.register_keras_serializable(package="tfbrain")
-class NeuroSTORMMAE(keras.Model):
+class NeuroSTORMMAE(Task):
     """NeuroSTORM MAE pretraining model around a `NeuroSTORMBackbone` (layers shared).
 
     Outputs `{"reconstruction": (B, D, H, W, T, C_in), "mask": (B, D', H', W', T)}`; the
@@ -183,11 +187,16 @@ class NeuroSTORMMAE(keras.Model):
         seed: int or None. Seeds the masking.
     """
 
+    output_key = "reconstruction"
+    target_kind = "none"
+    evaluator = "reconstruction"
+    monitor = ("val_loss", "min")
+
     def __init__(self, backbone, mask_ratio=0.5, spatial_mask="window", time_mask="random",
                  seed=None, dtype=None, **kwargs):
         if not isinstance(backbone, NeuroSTORMBackbone):
-            raise ValueError("`backbone` must be a NeuroSTORMBackbone. "
-                             f"Received: backbone={type(backbone).__name__}")
+            raise ValueError("MAE pretraining needs a NeuroSTORM backbone ([model] family = "
+                             f"\"neurostorm\"). Received: backbone={type(backbone).__name__}")
         if backbone.c_multiplier != 2:
             raise ValueError("The MAE decoder expands 2x2x2 and halves the width, so the "
                              "backbone needs c_multiplier=2. Received: "
@@ -230,8 +239,11 @@ class NeuroSTORMMAE(keras.Model):
                                name="decoder_pred")(x)  # (B, D', H', W', T, P)
         reconstruction = NeuroSTORMUnpatchify(backbone.patch_size, dtype=dtype,
                                               name="reconstruction")(x)
-        super().__init__(inputs=fmri, outputs={"reconstruction": reconstruction,
-                                               "mask": token_mask}, dtype=dtype, **kwargs)
+        # the encoder shares the backbone's layers instead of calling it, so the Task
+        # constructor (which calls the backbone whole) is skipped
+        keras.Model.__init__(self, inputs=fmri, outputs={"reconstruction": reconstruction,
+                                                         "mask": token_mask},
+                             dtype=dtype, **kwargs)
 
         # === Config ===
         self.backbone = backbone
@@ -247,6 +259,26 @@ class NeuroSTORMMAE(keras.Model):
         for extra in self.losses:  # regularisers, if any were added
             loss = loss + ops.cast(extra, "float32")
         return loss
+
+    def serving_outputs(self, outputs):
+        return {"reconstruction": ops.cast(outputs["reconstruction"], "float32"),
+                "mask": ops.cast(outputs["mask"], "float32")}
+
+    def visualize(self, inputs, outputs) -> dict:
+        """Middle axial slice of the first frame: input, masked tokens, reconstruction, side
+        by side (each scaled to [0, 1] on the input's range)."""
+        fmri = ops.convert_to_numpy(inputs["fmri"] if isinstance(inputs, dict) else inputs)
+        recon = ops.convert_to_numpy(outputs["reconstruction"]).astype("float32")
+        mask = ops.convert_to_numpy(outputs["mask"]).astype("float32")  # (B, D', H', W', T)
+        depth = fmri.shape[1] // 2
+        low, high = float(fmri[0].min()), float(fmri[0].max())
+        scale = lambda a: ((a - low) / max(high - low, 1e-6)).clip(0, 1)  # noqa: E731
+        patch = self.backbone.patch_size
+        token_mask = mask[0, depth // patch[0], :, :, 0]  # (H', W')
+        token_mask = token_mask.repeat(patch[1], 0).repeat(patch[2], 1)  # (H, W)
+        panels = [scale(fmri[0, depth, :, :, 0, 0]), token_mask,
+                  scale(recon[0, depth, :, :, 0, 0])]
+        return {"mae_input_mask_reconstruction": np.concatenate(panels, axis=1)[None, ..., None]}
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,

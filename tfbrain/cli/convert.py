@@ -11,15 +11,10 @@ import hashlib
 import json
 import pathlib
 
-# family -> (upstream repo, commit the port follows)
-UPSTREAM = {
-    "swift": ("Transconnectome/SwiFT", "0b07cb156d77a7de33078c8f6fe3ddffa7b5ae9c"),
-    "neurostorm": ("CUHK-AIM-Group/NeuroSTORM", "a8dc38f665b104fc7559404def44695c332b47b4"),
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("family", choices=sorted(UPSTREAM), help="model family")
+    parser.add_argument("family", help="model family with a converter (`tfbrain presets` lists "
+                                       "them)")
     parser.add_argument("--state-dict", required=True, type=pathlib.Path,
                         help="upstream weights: .npz, .safetensors or .ckpt/.pt")
     parser.add_argument("--upstream-kwargs", type=pathlib.Path,
@@ -27,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with a 'constructor_kwargs' key also works); default: the "
                              "hyperparameters stored in a Lightning .ckpt")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="preset folder to write")
-    parser.add_argument("--task", choices=("classification", "regression", "contrastive"),
-                        help="force the task of the head (default: inferred from its keys)")
+    parser.add_argument("--task", help="force the task type of the head, e.g. regression where "
+                                       "its keys are a classifier's (default: inferred)")
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -55,21 +50,23 @@ def load_upstream_kwargs(path: pathlib.Path | None, hparams: dict, weights: path
 def convert(family: str, state_dict_path, out_dir, upstream_kwargs_path=None, task=None):
     """Convert and write the preset; returns the Keras model."""
     from tfbrain.checkpoints import read_state_dict
-    from tfbrain.models.backbone import save_preset
-    from tfbrain.models.neurostorm.neurostorm_conversion import convert_neurostorm
-    from tfbrain.models.swift.swift_conversion import convert_swift
+    from tfbrain.models.registry import get_family
+    from tfbrain.presets import save_preset
     from tfbrain.version import __version__
 
+    spec = get_family(family)
+    if spec.converter is None:
+        raise ValueError(f"family {family!r} has no converter from upstream weights")
     state_dict_path = pathlib.Path(state_dict_path)
+    if not state_dict_path.is_file():
+        raise FileNotFoundError(f"--state-dict {state_dict_path}: no such file")
     state_dict, hparams = read_state_dict(state_dict_path)
     kwargs = load_upstream_kwargs(upstream_kwargs_path, hparams, state_dict_path)
-    converters = {"swift": convert_swift, "neurostorm": convert_neurostorm}
-    model = converters[family](state_dict, kwargs, task=task)
-    repo, commit = UPSTREAM[family]
+    model = spec.converter(state_dict, kwargs, task=task)
     save_preset(model, out_dir, extra_metadata={
         "source": {"file": state_dict_path.name, "sha256": _sha256(state_dict_path),
-                   "upstream_repo": repo, "upstream_commit": commit,
-                   "upstream_kwargs": kwargs},
+                   "family": spec.name, "upstream_repo": spec.upstream.repo,
+                   "upstream_commit": spec.upstream.commit, "upstream_kwargs": kwargs},
         "conversion_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "converted_by": f"tfbrain {__version__}",
     })

@@ -1,0 +1,30 @@
+"""`tfbrain attribute --model RUN/best --subject SUB --out map.nii.gz`: Integrated Gradients
+of a subject's windows, written as NIfTI in the run's original space."""
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="preset folder written by training")
+    parser.add_argument("--dataset", help="dataset folder (default: the one it was trained on)")
+    parser.add_argument("--subject", required=True, help="run key, or a subject with one run")
+    parser.add_argument("--out", required=True, help="output NIfTI (.nii.gz), original space")
+    parser.add_argument("--steps", type=int, default=32, help="Riemann steps of the path integral")
+    parser.add_argument("--target", type=int,
+                        help="output unit (default: the task's choice, e.g. the binary logit or "
+                             "the predicted class)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tfbrain.cli.evaluate import model_run_config
+    from tfbrain.models.loading import load_preset
+    from tfbrain.training.attribution import write_attribution
+
+    config = model_run_config(args.model, args.dataset)
+    model = load_preset(args.model)
+    details = write_attribution(model, config.data.dataset_dir, args.subject, args.out,
+                                window=config.data.window, stride=config.data.eval_stride,
+                                steps=args.steps, target=args.target)
+    print(json.dumps({k: v for k, v in details.items() if k != "outputs"}, indent=2))
+    return 0

@@ -1,0 +1,56 @@
+"""`tfbrain evaluate --model RUN/best [--dataset DIR] [--split test] [--report out.json]`:
+the Task's own evaluation (subject-level for classification and regression, the loss for
+self-supervised tasks) on a split of the dataset it was trained on."""
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="preset folder written by training")
+    parser.add_argument("--dataset", help="dataset folder (default: the one it was trained on)")
+    parser.add_argument("--split", default="test", help="split to score (default test)")
+    parser.add_argument("--stride", type=int, help="frames between windows (default: eval_stride)")
+    parser.add_argument("--report", help="write the JSON report here")
+    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
+                        help="XLA-compile the forward pass (default off)")
+
+
+def model_run_config(model_dir: str, dataset: str | None = None):
+    """The TrainConfig a preset was trained with, pointed at `dataset` if given."""
+    from tfbrain.presets import load_preset_metadata
+    from tfbrain.training.config import TrainConfig
+
+    metadata = load_preset_metadata(model_dir)
+    if "train_config" not in metadata:
+        raise ValueError(f"{model_dir}: metadata.json has no train_config; evaluate and attribute "
+                         "need a model written by `tfbrain train`")
+    raw = metadata["train_config"]
+    if dataset:
+        raw["data"]["dataset_dir"] = dataset
+    return TrainConfig.from_dict(raw, source=f"{model_dir}/metadata.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tfbrain.models.loading import load_preset
+    from tfbrain.models.registry import family_of_backbone
+    from tfbrain.training import metrics
+    from tfbrain.training.data import make_datasets
+    from tfbrain.training.evaluation import evaluate_model
+
+    config = model_run_config(args.model, args.dataset)
+    if args.stride:
+        config.data.eval_stride = args.stride
+    model = load_preset(args.model)
+    datasets = make_datasets(config, type(model), family_of_backbone(model.backbone).input_kind)
+    report = evaluate_model(model, datasets, args.split, args.jit)
+    if report is None:
+        print(f"tfbrain evaluate: split {args.split!r} of {config.data.dataset_dir} has no "
+              "windows to score", file=sys.stderr)
+        return 2
+    report = {"model": args.model, "dataset": config.data.dataset_dir, "split": args.split, **report}
+    print(metrics.format_report(report))
+    if args.report:
+        metrics.write_report(args.report, report)
+        print(f"report: {args.report}")
+    return 0

@@ -1,0 +1,154 @@
+"""Training and evaluation datasets for `tfbrain train`, shaped as the Task asks.
+
+`WindowDatasets` serves the "fmri_window" input kind: `(B, D, H, W, T, 1)` windows from a
+folder written by `tfbrain prepare`, with targets by the Task's `target_kind` (see
+`tfbrain.training.targets`). Other input kinds register their own dataset class in
+`DATASETS_BY_INPUT_KIND`.
+"""
+
+import numpy as np
+
+from tfbrain.training.targets import Targets
+
+
+class WindowDatasets:
+    """Per-epoch training batches and evaluation datasets of fMRI windows.
+
+    Args:
+        config: TrainConfig.
+        task_class: the Task class being trained (its `target_kind`, `output_key`).
+    """
+
+    def __init__(self, config, task_class):
+        import tfrecords_tools
+
+        self.config = config
+        self.task_class = task_class
+        data = config.data
+        self.splits_file = data.splits_file or None
+        self.info = tfrecords_tools.load_dataset_info(data.dataset_dir)
+        self.check_split_names()
+        self.input_shape = (*self.info["frame_shape"], data.window, 1)  # (D, H, W, T, 1)
+        split, frames = self.selection(data.train_split)
+        self.train_index = tfrecords_tools.window_index(
+            data.dataset_dir, split, window=data.window, stride=data.stride,
+            splits_file=self.splits_file, frames=frames)
+        self.targets = Targets(config, self.info, task_class.target_kind, self.train_index)
+        self.pairs = task_class.target_kind == "pairs"
+        self.windows_per_epoch = len(self.train_index) // (2 if self.pairs else 1)
+        self.steps_per_epoch = (config.optim.steps_per_epoch
+                                or self.windows_per_epoch // data.batch_size)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{data.dataset_dir}: the {data.train_split!r} split has "
+                             f"{self.windows_per_epoch} training windows, fewer than one batch "
+                             f"of {data.batch_size}")
+
+    def check_split_names(self) -> None:
+        """A split name that the dataset does not define is an error, not an empty split."""
+        import tfrecords_tools
+
+        data = self.config.data
+        if data.time_split:
+            return
+        known = tfrecords_tools.split_names(data.dataset_dir, self.splits_file)
+        for field in ("train_split", "val_split", "test_split"):
+            name = getattr(data, field)
+            if name and name not in known:
+                source = self.splits_file or f"{data.dataset_dir}/splits.json"
+                raise ValueError(f"[data] {field} = {name!r} is not a split of {source}; "
+                                 f"known: {known} (set it to \"\" to skip)")
+
+    def selection(self, split: str):
+        """(split name for the reader, frames fractions): by subject, or by time within runs."""
+        data = self.config.data
+        if not data.time_split:
+            return split, None
+        names = [data.train_split, data.val_split, data.test_split]
+        if split not in names:
+            raise ValueError(f"with [data] time_split, splits are {names}; got {split!r}")
+        bounds = np.concatenate([[0.0], np.cumsum(data.time_split)])
+        index = names.index(split)
+        return None, (float(bounds[index]), float(min(bounds[index + 1], 1.0)))
+
+    def _augment(self):
+        data = self.config.data
+        if data.noise_std > 0 or data.max_shift > 0 or data.smoothing_sigma > 0:
+            from tfrecords_tools.augment import Augment
+
+            return Augment(max_shift=data.max_shift, noise_std=data.noise_std,
+                           smoothing_sigma=data.smoothing_sigma,
+                           probability=data.augment_probability)
+        return None
+
+    def train(self, epoch: int, skip_batches: int = 0):
+        """Epoch `epoch`'s batches, fixed by (seed, epoch), as `fit` takes them."""
+        import tensorflow as tf
+
+        import tfrecords_tools
+
+        data = self.config.data
+        split, frames = self.selection(data.train_split)
+        ds = tfrecords_tools.windows(
+            data.dataset_dir, split, window=data.window, stride=data.stride,
+            batch_size=data.batch_size, shuffle=True, seed=self.config.run.seed * 100_003 + epoch,
+            pairs=self.pairs, augment=self._augment(), repeat=True,
+            shuffle_buffer=data.shuffle_buffer, splits_file=self.splits_file, prefetch=False,
+            frames=frames)
+        shape = (data.batch_size,) + ((2,) if self.pairs else ()) + self.input_shape
+        ds = ds.map(lambda x, label, subject: (tf.ensure_shape(x, shape), label))
+        kind, key, targets = self.task_class.target_kind, self.task_class.output_key, self.targets
+        if kind == "pairs":
+            ds = ds.map(lambda x, label: (x, tf.zeros_like(label, tf.float32)))
+        elif kind == "none":
+            ds = ds.map(lambda x, label: x)
+        elif targets.class_weights is not None:
+            ds = ds.map(lambda x, label: (x, {key: targets.target(label)},
+                                          {key: targets.sample_weight(label)}))
+        else:
+            ds = ds.map(lambda x, label: (x, {key: targets.target(label)}))
+        ds = ds.take(self.steps_per_epoch).skip(skip_batches)
+        return ds.prefetch(2)
+
+    def evaluation(self, split: str, pairs: bool = False):
+        """Unshuffled `(window, label, subject)` batches of a split (last batch kept), or None
+        when the split (a known one) has no window."""
+        import tensorflow as tf
+
+        import tfrecords_tools
+
+        data = self.config.data
+        if not split:
+            return None
+        reader_split, frames = self.selection(split)
+        if not tfrecords_tools.window_index(data.dataset_dir, reader_split, window=data.window,
+                                            stride=data.eval_stride, splits_file=self.splits_file,
+                                            frames=frames):
+            return None
+        try:
+            ds = tfrecords_tools.windows(
+                data.dataset_dir, reader_split, window=data.window, stride=data.eval_stride,
+                shuffle=False, seed=0, pairs=pairs, cache=False, splits_file=self.splits_file,
+                frames=frames)
+        except ValueError:
+            if not pairs:
+                raise
+            return None  # no run of the split is long enough for two windows
+        shape = ((2,) if pairs else ()) + self.input_shape
+        return ds.map(lambda x, label, subject: (tf.ensure_shape(x, shape), label, subject)).batch(
+            data.eval_batch_size)
+
+    def example_inputs(self):
+        """One training batch's inputs (for TensorBoard images and histograms)."""
+        batch = next(iter(self.train(0).take(1)))
+        return batch if not isinstance(batch, tuple) else batch[0]
+
+
+DATASETS_BY_INPUT_KIND = {"fmri_window": WindowDatasets}
+
+
+def make_datasets(config, task_class, input_kind: str):
+    """The dataset builder for a family's input kind."""
+    if input_kind not in DATASETS_BY_INPUT_KIND:
+        raise ValueError(f"no training data pipeline for input kind {input_kind!r}; known: "
+                         f"{sorted(DATASETS_BY_INPUT_KIND)}")
+    return DATASETS_BY_INPUT_KIND[input_kind](config, task_class)

@@ -1,0 +1,147 @@
+"""Evaluation of a trained Task, by the evaluator the Task names (`Task.evaluator`).
+
+  "classification"  subject-level report from the windows' logits (SwiFT's protocol)
+  "regression"      subject-level report from the windows' predictions
+  "contrastive"     NT-Xent loss over pairs of validation windows -> {"loss"}
+  "reconstruction"  the model's own loss (`compute_loss`) over validation windows -> {"loss"}
+
+A subject-level report is `{"window": {...}, "subject": {...}}`; a loss report is
+`{"loss": float}`. `ValidationMetrics` puts either into the epoch logs (`val_subject_auroc`,
+`val_loss`, ...), which is what `best/` selection monitors.
+"""
+
+import keras
+import numpy as np
+
+_PREDICT_FUNCTIONS = {}
+
+
+def predict_function(model: keras.Model, output_key: str, jit_compile: bool):
+    """One traced forward function per (model, output, jit), reused across epochs."""
+    import tensorflow as tf
+
+    key = (id(model), output_key, jit_compile)
+    if key not in _PREDICT_FUNCTIONS or _PREDICT_FUNCTIONS[key][0] is not model:
+        function = tf.function(lambda x: model(x, training=False)[output_key],
+                               jit_compile=jit_compile, reduce_retracing=True)
+        _PREDICT_FUNCTIONS[key] = (model, function)
+    return _PREDICT_FUNCTIONS[key][1]
+
+
+def predict_split(model: keras.Model, dataset, jit_compile: bool, output_key: str):
+    """Outputs, labels and subjects of every window of an evaluation dataset."""
+    predict = predict_function(model, output_key, jit_compile)
+    outputs, labels, subjects = [], [], []
+    for window, label, subject in dataset:
+        outputs.append(np.asarray(predict(window)))
+        labels.append(label.numpy())
+        subjects.extend(subject.numpy().tolist())
+    return np.concatenate(outputs), np.concatenate(labels), subjects
+
+
+def _subject_report(metric_fn, subjects, outputs, labels) -> dict:
+    from tfbrain.training.metrics import group_by_subject
+
+    outputs = np.asarray(outputs, np.float64).reshape(len(labels), -1)
+    _, subject_outputs, subject_labels = group_by_subject(subjects, outputs, np.asarray(labels))
+    return {"window": metric_fn(outputs, labels), "subject": metric_fn(subject_outputs, subject_labels)}
+
+
+def evaluate_classification(model, datasets, split, jit_compile):
+    from tfbrain.training.metrics import classification_metrics
+
+    dataset = datasets.evaluation(split)
+    if dataset is None:
+        return None
+    outputs, raw_labels, subjects = predict_split(model, dataset, jit_compile, model.output_key)
+    keep = raw_labels >= 0  # unlabelled windows (-1) are not scored
+    targets = np.asarray([datasets.targets.class_of(label) for label in raw_labels[keep]], np.int64)
+    subjects = [s for s, k in zip(subjects, keep) if k]
+    if not len(targets):
+        return None
+    return _subject_report(classification_metrics, subjects, outputs[keep], targets)
+
+
+def evaluate_regression(model, datasets, split, jit_compile):
+    from tfbrain.training.metrics import regression_metrics
+
+    dataset = datasets.evaluation(split)
+    if dataset is None:
+        return None
+    outputs, raw_labels, subjects = predict_split(model, dataset, jit_compile, model.output_key)
+    targets = datasets.targets
+    metric = lambda o, t: regression_metrics(o, t, targets.target_mean, targets.target_std)  # noqa: E731
+    return _subject_report(metric, subjects, outputs, raw_labels)
+
+
+def evaluate_contrastive(model, datasets, split, jit_compile):
+    from tfbrain.losses import NTXentLoss
+
+    dataset = datasets.evaluation(split, pairs=True)
+    if dataset is None:
+        return None
+    pair_model = model.training_model()
+    loss_fn = NTXentLoss(model.temperature)
+    values = []
+    for views, _, _ in dataset:
+        if views.shape[0] < 2:
+            continue
+        values.append(float(keras.ops.mean(loss_fn.call(None, pair_model(views, training=False)))))
+    return {"loss": float(np.mean(values))} if values else None
+
+
+def evaluate_reconstruction(model, datasets, split, jit_compile):
+    dataset = datasets.evaluation(split)
+    if dataset is None:
+        return None
+    values, counts = [], []
+    for window, _, _ in dataset:
+        outputs = model(window, training=False)
+        values.append(float(model.compute_loss(x=window, y_pred=outputs, training=False)))
+        counts.append(int(window.shape[0]))
+    return {"loss": float(np.average(values, weights=counts))} if values else None
+
+
+EVALUATORS = {
+    "classification": evaluate_classification,
+    "regression": evaluate_regression,
+    "contrastive": evaluate_contrastive,
+    "reconstruction": evaluate_reconstruction,
+}
+
+
+def evaluate_model(model, datasets, split: str, jit_compile: bool):
+    """The report of the Task's evaluator on one split, or None if the split is empty."""
+    if model.evaluator not in EVALUATORS:
+        raise ValueError(f"{type(model).__name__} names evaluator {model.evaluator!r}; known: "
+                         f"{sorted(EVALUATORS)}")
+    return EVALUATORS[model.evaluator](model, datasets, split, jit_compile)
+
+
+def report_to_logs(report: dict, prefix: str) -> dict:
+    """`{"window": {...}, "subject": {...}}` or `{"loss": x}` -> flat `prefix_...` logs."""
+    logs = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            logs.update({f"{prefix}_{key}_{name}": v for name, v in value.items()
+                         if name != "count"})
+        elif isinstance(value, (int, float)):
+            logs[f"{prefix}_{key}"] = float(value)
+    return logs
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """The Task's evaluation of the validation split at the end of every epoch, added to
+    the logs (`val_subject_auroc`, `val_window_accuracy`, `val_loss`, ...)."""
+
+    def __init__(self, task_model, datasets, jit_compile: bool):
+        super().__init__()
+        self.task_model, self.datasets, self.jit_compile = task_model, datasets, jit_compile
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        report = evaluate_model(self.task_model, self.datasets, self.datasets.config.data.val_split,
+                                self.jit_compile)
+        if report is not None:
+            logs.update(report_to_logs(report, "val"))
