@@ -24,10 +24,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from serving.tensors import ndarray_to_tensor_proto, tensor_proto_to_ndarray
 from serving.validation import SignatureSpec
 
-INPUT_NAME = "fmri"
-FP16_SUFFIX = "_fp16"
-DEFAULT_SIGNATURE = "serving_default"
-EMBED_SIGNATURE = "embed"
+from serving.signatures import DEFAULT_SIGNATURE, EMBED_SIGNATURE, FMRI_INPUT, FP16_SUFFIX
+
+INPUT_NAME = FMRI_INPUT  # the single input of the fMRI families
 MAX_MESSAGE_BYTES = 2**31 - 1
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -85,15 +84,24 @@ class PredictionClient:
 
     def build_request(self, windows, signature_name: str = DEFAULT_SIGNATURE,
                       output_filter: Sequence[str] = ()) -> predict_pb2.PredictRequest:
-        """A PredictRequest for (B, D, H, W, T, C) windows (a single window gains B=1)."""
-        windows = np.asarray(windows)
-        if windows.ndim == 5:
-            windows = windows[None]  # (1, D, H, W, T, C)
+        """A PredictRequest for (B, D, H, W, T, C) windows (a single window gains B=1), or
+        for a dict {input name: array} when the model has other or several inputs (each
+        already batched)."""
         signature_name = self.signature_for(signature_name)
-        dtype = np.float16 if signature_name.endswith(FP16_SUFFIX) else np.float32
+        to_fp16 = signature_name.endswith(FP16_SUFFIX)
         request = predict_pb2.PredictRequest(model_spec=self.model_spec(signature_name),
                                              output_filter=list(output_filter))
-        ndarray_to_tensor_proto(windows.astype(dtype, copy=False), out=request.inputs[INPUT_NAME])
+        if isinstance(windows, dict):
+            inputs = {name: np.asarray(value) for name, value in windows.items()}
+        else:
+            windows = np.asarray(windows)
+            if windows.ndim == 5:
+                windows = windows[None]  # (1, D, H, W, T, C)
+            inputs = {INPUT_NAME: windows}
+        for name, value in inputs.items():
+            if np.issubdtype(value.dtype, np.floating):
+                value = value.astype(np.float16 if to_fp16 else np.float32, copy=False)
+            ndarray_to_tensor_proto(value, out=request.inputs[name])
         return request
 
     def _call(self, method, request):

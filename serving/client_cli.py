@@ -14,7 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", action="store_true", help="send float16 windows to <signature>_fp16")
     parser.add_argument("--batch-size", type=int, default=1, help="windows per request (default 1)")
     parser.add_argument("--max-windows", type=int, help="send at most this many windows")
-    parser.add_argument("--no-normalize", action="store_true", help="NIfTI input: skip the z-score")
+    parser.add_argument("--preprocessing",
+                        help="NIfTI input: the training preprocessing, from the training dataset's "
+                             "dataset.json or the export's assets.extra/tfbrain_export.json "
+                             "(default: tfbrain prepare's defaults)")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline per request (default 60)")
     parser.add_argument("--retries", type=int, default=2, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED")
     parser.add_argument("--output", help="save the outputs to this .npz")
@@ -24,12 +27,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from serving.client import PredictionClient
-    from serving.windows import load_windows
+    from serving.windows import load_windows, preprocessing_from_file
 
     with PredictionClient(args.target, args.model, version=args.version, use_fp16=args.fp16,
                           timeout_s=args.timeout_s, retries=args.retries) as client:
         window_shape = client.window_shape(args.signature)
-        windows = load_windows(args.input, window_shape, normalize=not args.no_normalize,
+        preprocessing = preprocessing_from_file(args.preprocessing) if args.preprocessing else None
+        windows = load_windows(args.input, window_shape, preprocessing=preprocessing,
                                max_windows=args.max_windows, split=args.split)
         batches = [client.predict(windows[i:i + args.batch_size], args.signature)
                    for i in range(0, len(windows), args.batch_size)]

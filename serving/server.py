@@ -33,12 +33,12 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 from tensorflow_serving.apis import status_pb2 as util_status_pb2
 
+from serving.signatures import DEFAULT_SIGNATURE
 from serving.tensors import ndarray_to_tensor_proto
 from serving.validation import RequestError, SignatureSpec, validate_inputs, validate_output_filter
 
 logger = logging.getLogger("serving.server")
 
-DEFAULT_SIGNATURE = "serving_default"
 MAX_MESSAGE_BYTES = 2**31 - 1  # what tensorflow_model_server allows (INT32_MAX)
 
 

@@ -2,62 +2,55 @@
 or a saved array.
 
 A converted dataset (a folder written by `tfbrain prepare` / `tfrecords_tools.convert`) is
-read with `tfrecords_tools.windows`, in order, non-overlapping: its preprocessing is the
-one training used, so prefer it.
+read with `tfrecords_tools.windows`, in order, non-overlapping.
 
-The NIfTI path does SwiFT's per-run preprocessing in its simplest form (brain = voxels
-nonzero in some frame, z-score over brain voxels of the whole run, background = brain
-minimum, centre crop/pad to (D, H, W)) and cuts the run into consecutive non-overlapping
-T-frame windows. Use the same preprocessing the model was trained with.
+A NIfTI run goes through the very function `tfbrain prepare` uses
+(`tfrecords_tools.prepare_run`) with the preprocessing the model was trained with: pass
+it as a dict (the `preprocessing` entry of the training dataset's dataset.json, which
+`tfbrain export` copies into `assets.extra/tfbrain_export.json`). Frames are stored in the
+same dtype as in training (float16 by default) and cast to float32, so a served window
+equals the training window bit for bit. The run is then cut into consecutive
+non-overlapping T-frame windows.
 
 Letters: N windows, D/H/W space, T frames, C channels.
 """
 
+import json
 import pathlib
 
 import numpy as np
 
 
-def _crop_or_pad(volume: np.ndarray, target: tuple[int, int, int], fill: float) -> np.ndarray:
-    """Centre-crop or pad the first three axes of (X, Y, Z, T) to `target`."""
-    out = np.full(tuple(target) + volume.shape[3:], fill, dtype=volume.dtype)
-    src, dst = [], []
-    for size, want in zip(volume.shape[:3], target):
-        if size >= want:
-            start = (size - want) // 2
-            src.append(slice(start, start + want))
-            dst.append(slice(0, want))
-        else:
-            start = (want - size) // 2
-            src.append(slice(0, size))
-            dst.append(slice(start, start + size))
-    out[tuple(dst)] = volume[tuple(src)]
-    return out
+def preprocessing_from_file(path) -> dict:
+    """The preprocessing dict of a dataset.json, a tfbrain_export.json or a plain JSON."""
+    payload = json.loads(pathlib.Path(path).read_text())
+    if "preprocessing" in payload:
+        payload = payload["preprocessing"]
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: no preprocessing settings found")
+    return payload
 
 
-def preprocess_run(run: np.ndarray, spatial_shape: tuple[int, int, int], normalize: bool = True) -> np.ndarray:
-    """(X, Y, Z, T) raw run -> (D, H, W, T) float32."""
-    run = np.asarray(run, dtype=np.float32)
-    if run.ndim != 4:
-        raise ValueError(f"Expected a 4D run (X, Y, Z, T). Received: shape {run.shape}")
-    fill = 0.0
-    if normalize:
-        brain = np.any(run != 0, axis=-1)  # (X, Y, Z)
-        values = run[brain]
-        if values.size:
-            run = (run - values.mean()) / max(float(values.std()), 1e-6)
-            fill = float(run[brain].min())
-            run[~brain] = fill
-    return _crop_or_pad(run, spatial_shape, fill)
+def windows_from_nifti(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
+                       max_windows: int | None = None) -> np.ndarray:
+    """Consecutive non-overlapping windows (N, D, H, W, T, 1) of a 4D NIfTI run, preprocessed
+    as `tfbrain prepare` would with `preprocessing` (default: its defaults)."""
+    from tfrecords_tools.preprocess import PreprocessConfig, prepare_run
 
-
-def windows_from_run(run: np.ndarray, window_shape: tuple[int, ...], normalize: bool = True,
-                     max_windows: int | None = None) -> np.ndarray:
-    """Consecutive non-overlapping windows (N, D, H, W, T, C) of a (X, Y, Z, T) run."""
     depth, height, width, frames, channels = window_shape
     if channels != 1:
         raise ValueError(f"A NIfTI run gives one channel. Received: window_shape={window_shape}")
-    volume = preprocess_run(run, (depth, height, width), normalize)  # (D, H, W, T_run)
+    settings = {**(preprocessing or {}), "target_shape": (depth, height, width),
+                "min_frames": frames}
+    config = PreprocessConfig(**settings)
+    _, frame_iter = prepare_run(str(path), config)
+    volume = np.stack(list(frame_iter), axis=-1).astype(np.float32)  # (D, H, W, T_run)
+    return windows_from_volume(volume, frames, max_windows)
+
+
+def windows_from_volume(volume: np.ndarray, frames: int, max_windows: int | None = None) -> np.ndarray:
+    """Consecutive non-overlapping windows (N, D, H, W, T, 1) of a preprocessed
+    (D, H, W, T_run) volume."""
     count = volume.shape[-1] // frames
     if count == 0:
         raise ValueError(f"The run has {volume.shape[-1]} frames; a window needs {frames}")
@@ -83,18 +76,17 @@ def windows_from_dataset(dataset_dir, window_shape: tuple[int, ...], split: str 
     return np.stack(windows)
 
 
-def load_windows(path, window_shape: tuple[int, ...], normalize: bool = True,
+def load_windows(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
                  max_windows: int | None = None, split: str | None = None) -> np.ndarray:
     """Windows from a converted dataset folder, a .nii/.nii.gz run, a .npy array or a .npz
-    (key "fmri" or its only array). `split` selects a dataset split; `normalize` applies to NIfTI."""
+    (key "fmri" or its only array). `split` selects a dataset split; `preprocessing`
+    (dataset.json's settings) applies to NIfTI."""
     path = pathlib.Path(path)
     name = path.name.lower()
     if path.is_dir():
         windows = windows_from_dataset(path, window_shape, split, max_windows)
     elif name.endswith((".nii", ".nii.gz")):
-        import nibabel
-        windows = windows_from_run(np.asanyarray(nibabel.load(str(path)).dataobj), window_shape,
-                                   normalize, max_windows)
+        windows = windows_from_nifti(path, window_shape, preprocessing, max_windows)
     elif name.endswith(".npy"):
         windows = np.load(path)
     elif name.endswith(".npz"):

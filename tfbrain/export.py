@@ -12,19 +12,19 @@ Layout written (the one `tensorflow_model_server` watches):
             tf_serving_warmup_requests   one PredictionLog per signature (TFRecord)
             tfbrain_export.json          signatures, task, source and versions
 
-Signatures (each takes one input named "fmri", shape (-1, D, H, W, T, C), dynamic batch):
+Signatures (names in `serving.signatures`; inputs are the model's own, named as in the
+model, e.g. one "fmri" (-1, D, H, W, T, C) for the fMRI families, dynamic batch):
 
-    serving_default        float32 in; the task head's outputs
+    serving_default        float32 in; the Task's `serving_outputs` (classification
+                           {"logits", "probabilities"}, regression {"prediction"}, ...)
     serving_default_fp16   float16 in (half the gRPC payload), cast to float32 inside
-    embed                  float32 in; {"embedding": mean of the backbone tokens, (B, C')}
+    embed                  float32 in; {"embedding": the backbone's pooled output, (B, C')}
     embed_fp16             float16 in
 
 TF-Serving signatures have one fixed dtype per input, so the float16 payload gets its own
-signature with the `_fp16` suffix rather than a dtype-polymorphic input.
-
-Outputs of `serving_default` by task type: classification {"logits", "probabilities"}
-(sigmoid for one class, softmax otherwise), regression {"prediction"}, contrastive
-{"embedding"}; a bare backbone (no head) serves its pooled embedding.
+signature with the `_fp16` suffix rather than a dtype-polymorphic input. A bare backbone
+(no Task) serves its pooled embedding as `serving_default`. Export asks the Task and the
+backbone; it names no family and no task type.
 
 Every function is traced with `jit_compile=False`: TF-Serving refuses functions marked
 `_XlaMustCompile` unless started with an experimental flag, so `export_model` checks the
@@ -44,17 +44,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from serving.signatures import (BATCHING_FILE, DEFAULT_SIGNATURE, EMBED_SIGNATURE,
+                                EMBEDDING_OUTPUT, EXPORT_METADATA_FILE, FMRI_INPUT, FP16_SUFFIX,
+                                MODELS_CONFIG_FILE, WARMUP_FILE)
+from tfbrain.atomic import atomic_write_text
 from tfbrain.version import __version__
 
-INPUT_NAME = "fmri"
-FP16_SUFFIX = "_fp16"
-DEFAULT_SIGNATURE = "serving_default"
-EMBED_SIGNATURE = "embed"
-WARMUP_FILE = "tf_serving_warmup_requests"
-EXPORT_METADATA_FILE = "tfbrain_export.json"
-MODELS_CONFIG_FILE = "models.config"
-BATCHING_FILE = "batching_parameters.txt"
-TASK_TYPES = ("classification", "regression", "contrastive", "embedding")
+INPUT_NAME = FMRI_INPUT  # the single input of the fMRI families
 # Op types that call back into Python: a model server has no interpreter to run them.
 PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 
@@ -107,91 +103,89 @@ def next_version(model_dir) -> int:
 # Serving functions
 # ------------------------------------------------------------------------------------
 
-def infer_task_type(model: keras.Model, metadata: dict | None = None) -> str:
-    """The model's `.task_type`, else metadata["task"]["type"], else from its output keys."""
-    task_type = getattr(model, "task_type", None) or (metadata or {}).get("task", {}).get("type")
-    if task_type is None:
-        output = model.output
-        if isinstance(output, dict):
-            for key, kind in (("logits", "classification"), ("prediction", "regression"),
-                              ("embedding", "contrastive")):
-                if key in output:
-                    task_type = kind
-                    break
-        else:
-            task_type = "embedding"  # a bare backbone: serve its pooled tokens
-    if task_type not in TASK_TYPES:
-        raise ExportError(f"Unknown task type. Expected one of {TASK_TYPES}. "
-                          f"Received: task_type={task_type!r}")
-    return task_type
+def input_specs(model: keras.Model) -> dict[str, tuple[tuple[int, ...], tf.DType]]:
+    """{input name: (shape without batch, dtype)} of the model; every dimension known."""
+    specs = {}
+    for tensor in model.inputs:
+        name = tensor.name.split(":")[0]
+        shape = tuple(tensor.shape[1:])
+        if any(d is None for d in shape):
+            raise ExportError("Every non-batch input dimension must be known to export a serving "
+                              f"signature. Received: input {name!r} shape {tuple(tensor.shape)}")
+        specs[name] = (tuple(int(d) for d in shape), tf.as_dtype(tensor.dtype))
+    return specs
 
 
 def input_spec(model: keras.Model) -> tuple[int, ...]:
-    """(D, H, W, T, C) of the model's single "fmri" input; checks the contract."""
-    if len(model.inputs) != 1:
+    """(D, H, W, T, C) of a model with the single "fmri" input."""
+    specs = input_specs(model)
+    if list(specs) != [INPUT_NAME]:
         raise ExportError(f"Expected a model with one input named {INPUT_NAME!r}. "
-                          f"Received: {len(model.inputs)} inputs")
-    tensor = model.inputs[0]
-    name = tensor.name.split(":")[0]
-    if name != INPUT_NAME:
-        raise ExportError(f"Expected the model input to be named {INPUT_NAME!r}. Received: {name!r}")
-    window_shape = tuple(tensor.shape[1:])
-    if any(d is None for d in window_shape):
-        raise ExportError("Every non-batch input dimension must be known to export a serving "
-                          f"signature. Received: input shape {tuple(tensor.shape)}")
-    return tuple(int(d) for d in window_shape)
+                          f"Received: inputs {list(specs)}")
+    return specs[INPUT_NAME][0]
 
 
-def _pool_tokens(tokens):
-    """Mean over every axis between batch and channels: (B, ..., C) -> (B, C)."""
-    tokens = tf.cast(tokens, tf.float32)
-    return tf.reduce_mean(tokens, axis=list(range(1, len(tokens.shape) - 1)))
+def _is_task(model) -> bool:
+    return callable(getattr(model, "serving_outputs", None)) and hasattr(model, "backbone")
 
 
-def _head_outputs(model: keras.Model, task_type: str, fmri) -> dict:
-    if task_type == "embedding":
-        return {"embedding": _pool_tokens(model(fmri, training=False))}
-    outputs = model(fmri, training=False)
-    if not isinstance(outputs, dict):
-        raise ExportError(f"A {task_type} model must return a dict. Received: {type(outputs).__name__}")
-    outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
-    if task_type == "classification":
-        logits = outputs["logits"]  # (B, K)
-        probabilities = tf.sigmoid(logits) if logits.shape[-1] == 1 else tf.nn.softmax(logits, axis=-1)
-        return {"logits": logits, "probabilities": probabilities}
-    if task_type == "regression":
-        return {"prediction": outputs["prediction"]}
-    return {"embedding": outputs["embedding"]}
+def _structure(model, tensors: dict):
+    """The model's inputs as it takes them: one tensor, or the dict of named inputs."""
+    return next(iter(tensors.values())) if len(tensors) == 1 else tensors
 
 
-def build_serving_functions(model: keras.Model, task_type: str) -> dict[str, tf.types.experimental.GenericFunction]:
+def _positional(body, names, upcast):
+    """`body({name: tensor})` as a function of positional tensors (one per input), with
+    float16 inputs upcast first when `upcast` is given."""
+
+    def traced(*args):
+        return body({n: (upcast(a) if upcast is not None and a.dtype == tf.float16 else a)
+                     for n, a in zip(names, args)})
+
+    return traced
+
+
+def build_serving_functions(model: keras.Model) -> dict[str, tf.types.experimental.GenericFunction]:
     """One traced, non-jit `tf.function` per signature name."""
-    window_shape = input_spec(model)
-    backbone = getattr(model, "backbone", None) if task_type != "embedding" else model
+    specs = input_specs(model)
+    names = list(specs)
+    is_task = _is_task(model)
+    backbone = model.backbone if is_task else model
 
-    def head(fmri):
-        return _head_outputs(model, task_type, tf.cast(fmri, tf.float32))
+    def head(inputs):
+        if is_task:
+            outputs = model.serving_outputs(model(_structure(model, inputs), training=False))
+            return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+        return embed(inputs)
 
-    def embed(fmri):
-        return {"embedding": _pool_tokens(backbone(tf.cast(fmri, tf.float32), training=False))}
+    def embed(inputs):
+        features = backbone(_structure(backbone, inputs), training=False)
+        pooled = backbone.pool(features) if hasattr(backbone, "pool") else tf.reduce_mean(
+            features, axis=list(range(1, len(features.shape) - 1)))
+        return {EMBEDDING_OUTPUT: tf.cast(pooled, tf.float32)}
 
     # The float16 -> float32 cast sits in its own function that graph optimisation may not
     # inline: inlined, Grappler moves the cast past the value-preserving reshapes and
     # transposes of the patch embedding, which then run on float16 and made a full SwiFT
     # window 25-30% slower on CPU (measured; the cast itself costs about 50 ms).
-    upcast = tf.function(lambda fmri: tf.cast(fmri, tf.float32), jit_compile=False, autograph=False,
+    upcast = tf.function(lambda x: tf.cast(x, tf.float32), jit_compile=False, autograph=False,
                          experimental_attributes={"_noinline": True})
 
-    bodies = {DEFAULT_SIGNATURE: head}
-    if backbone is not None:
-        bodies[EMBED_SIGNATURE] = embed
+    bodies = {DEFAULT_SIGNATURE: head, EMBED_SIGNATURE: embed}
+    has_float = any(dtype.is_floating for _, dtype in specs.values())
     functions = {}
     for name, body in bodies.items():
-        for suffix, dtype in (("", tf.float32), (FP16_SUFFIX, tf.float16)):
-            spec = tf.TensorSpec((None,) + window_shape, dtype, name=INPUT_NAME)
-            traced = body if dtype == tf.float32 else (lambda inner: lambda fmri: inner(upcast(fmri)))(body)
+        for suffix, half in (("", False), (FP16_SUFFIX, True)):
+            if half and not has_float:
+                continue
+            signature = [tf.TensorSpec((None,) + shape,
+                                       tf.float16 if half and dtype.is_floating else dtype,
+                                       name=input_name)
+                         for input_name, (shape, dtype) in specs.items()]
+
             # jit_compile=False, not None: Keras/TF "auto" turns XLA on for GPU exports.
-            fn = tf.function(traced, input_signature=[spec], jit_compile=False, autograph=False)
+            fn = tf.function(_positional(body, names, upcast if half else None),
+                             input_signature=signature, jit_compile=False, autograph=False)
             fn.get_concrete_function()  # trace now so ExportArchive takes it as is
             functions[name + suffix] = fn
     return functions
@@ -254,10 +248,12 @@ def check_servable(saved_model_dir) -> None:
 # TF-Serving side files
 # ------------------------------------------------------------------------------------
 
-def _warmup_window(window_shape, dtype) -> np.ndarray:
-    # A real-looking window (standard-normal, fixed seed), batch of one.
+def _warmup_input(shape, dtype) -> np.ndarray:
+    # A real-looking input (standard-normal, fixed seed; zeros for integer inputs), batch of one.
+    if not np.issubdtype(dtype, np.floating):
+        return np.zeros((1,) + tuple(shape), dtype)
     rng = np.random.default_rng(0)
-    return rng.standard_normal((1,) + tuple(window_shape), dtype=np.float32).astype(dtype)
+    return rng.standard_normal((1,) + tuple(shape), dtype=np.float32).astype(dtype)
 
 
 def write_warmup_requests(path, model_name: str, signatures: dict) -> int:
@@ -267,11 +263,11 @@ def write_warmup_requests(path, model_name: str, signatures: dict) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for signature_name, fn in signatures.items():
-            spec = fn.input_signature[0]
-            window = _warmup_window(spec.shape[1:], spec.dtype.as_numpy_dtype)
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name))
-            request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(window))
+            for spec in fn.input_signature:
+                value = _warmup_input(spec.shape[1:], spec.dtype.as_numpy_dtype)
+                request.inputs[spec.name].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
@@ -300,7 +296,7 @@ def update_models_config(model_base, model_name: str, container_base: str = "/mo
     entry.base_path = f"{container_base.rstrip('/')}/{model_name}"
     entry.model_platform = "tensorflow"
     entry.model_version_policy.latest.num_versions = num_versions
-    _write_atomic(path, text_format.MessageToString(config))
+    atomic_write_text(path, text_format.MessageToString(config))
     return path
 
 
@@ -314,12 +310,6 @@ def batching_parameters_text(max_batch_size: int = 4, batch_timeout_micros: int 
             "pad_variable_length_inputs: false\n")
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------
 # Export
 # ------------------------------------------------------------------------------------
@@ -328,9 +318,9 @@ def _signature_summary(functions: dict) -> dict:
     summary = {}
     for name, fn in functions.items():
         concrete = fn.get_concrete_function()
-        spec = fn.input_signature[0]
         summary[name] = {
-            "inputs": {INPUT_NAME: {"dtype": spec.dtype.name, "shape": [-1] + list(spec.shape[1:])}},
+            "inputs": {spec.name: {"dtype": spec.dtype.name, "shape": [-1] + list(spec.shape[1:])}
+                       for spec in fn.input_signature},
             "outputs": {k: {"dtype": v.dtype.name, "shape": [-1] + list(v.shape[1:])}
                         for k, v in concrete.structured_outputs.items()},
         }
@@ -344,8 +334,8 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
     """Export `model` to MODEL_BASE/MODEL_NAME/VERSION and return that folder.
 
     Args:
-        model: a task model (dict outputs, `.backbone`, `.task_type`) or a bare backbone;
-            one input named "fmri" of shape (B, D, H, W, T, C).
+        model: a Task (dict outputs, `.backbone`, `serving_outputs`) or a bare backbone;
+            its inputs, named, become the signatures' inputs.
         model_base: the folder TF-Serving's model config points into.
         model_name: the name clients put in `ModelSpec.name`.
         version: integer version; the next free one by default.
@@ -367,8 +357,11 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) or another version")
-    task_type = infer_task_type(model, metadata)
-    functions = build_serving_functions(model, task_type)
+    functions = build_serving_functions(model)
+    if _is_task(model):
+        task = model.task_metadata()
+    else:
+        task = {"type": None, "output_key": EMBEDDING_OUTPUT}
 
     model_dir.mkdir(parents=True, exist_ok=True)
     # A non-integer hidden name: a watching server ignores the folder until the rename.
@@ -388,7 +381,7 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
         info = {
             "model_name": model_name,
             "version": version,
-            "task": {**(metadata or {}).get("task", {}), "type": task_type},
+            "task": task,
             "signatures": _signature_summary(functions),
             "fp16_suffix": FP16_SUFFIX,
             "source": source,
@@ -398,6 +391,7 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
             "keras_version": keras.__version__,
             "date_exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "preset_metadata": metadata or {},
+            "preprocessing": _training_preprocessing(metadata or {}),
         }
         (extra / EXPORT_METADATA_FILE).write_text(json.dumps(info, indent=2, default=str))
         if target.exists():
@@ -409,8 +403,18 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
         update_models_config(model_base, model_name, container_base=container_base)
         batching = pathlib.Path(model_base) / BATCHING_FILE
         if not batching.exists():
-            _write_atomic(batching, batching_parameters_text(**DEFAULT_BATCHING))
+            atomic_write_text(batching, batching_parameters_text(**DEFAULT_BATCHING))
     return target
+
+
+def _training_preprocessing(metadata: dict) -> dict | None:
+    """The preprocessing settings of the dataset the model was trained on (dataset.json), so
+    that a NIfTI sent for prediction is prepared the same way; None when unknown."""
+    dataset_dir = metadata.get("train_config", {}).get("data", {}).get("dataset_dir")
+    path = pathlib.Path(dataset_dir) / "dataset.json" if dataset_dir else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("preprocessing")
 
 
 def export_preset(source, model_base, model_name: str, version: int | None = None,

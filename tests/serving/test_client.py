@@ -16,7 +16,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from serving.client import PredictionClient, rest_predict_body
 from serving.server import ModelServer
 from serving.tensors import ndarray_to_tensor_proto
-from serving.windows import windows_from_run
+from serving.windows import windows_from_nifti
 from tests.serving.toy_task import make_toy_task
 from tests.test_case import REPO_ROOT, TestCase
 from tfbrain import export
@@ -90,14 +90,16 @@ class ClientTest(TestCase):
         self.assertEqual(np.shape(body["instances"][0]["fmri"]), (2, 2, 2, 2, 1))
         json.dumps(body)
 
-    def test_windows_from_run(self):
-        run = np.zeros((6, 5, 3, 7), "float32")
-        run[1:5, 1:4, :, :] = np.random.default_rng(0).standard_normal((4, 3, 3, 7)) + 10
-        windows = windows_from_run(run, (4, 4, 4, 3, 1))
+    def test_windows_from_nifti(self):
+        from tests.tfrecords_tools.helpers import synthetic_run
+
+        path = pathlib.Path(self.get_temp_dir()) / "run.nii.gz"
+        synthetic_run(str(path), num_frames=7)
+        windows = windows_from_nifti(path, (4, 4, 4, 3, 1))
         self.assertEqual(windows.shape, (2, 4, 4, 4, 3, 1))  # 7 frames -> 2 windows of 3
         self.assertTrue(np.isfinite(windows).all())
         with self.assertRaisesRegex(ValueError, "frames"):
-            windows_from_run(run[..., :2], (4, 4, 4, 3, 1))
+            windows_from_nifti(path, (4, 4, 4, 8, 1))
 
 
 class CLITest(TestCase):
@@ -141,8 +143,10 @@ class CLITest(TestCase):
         with np.load(self.base / "dataset.npz") as out:
             self.assertEqual(out["logits"].shape, (2, 2))  # 7 frames -> 2 windows of 3
             self.assertAllClose(out["logits"], self.model(expected_windows)["logits"], atol=1e-5)
-        with np.load(self.base / "nifti.npz") as out:
+        with np.load(self.base / "nifti.npz") as out, np.load(self.base / "dataset.npz") as ref:
             self.assertEqual(out["logits"].shape, (2, 2))
+            # a NIfTI goes through tfbrain prepare's own preprocessing: the same windows
+            self.assertAllClose(out["logits"], ref["logits"], atol=1e-6)
 
     def test_serve_cli_stops_on_sigterm(self):
         ready = self.base / "port"

@@ -1,9 +1,10 @@
 """A tiny task model that follows the task-model contract, for export and serving tests.
 
-Contract (see tfbrain/models/task.py when it lands): a registered functional
-`keras.Model` with one input named "fmri", shape (B, D, H, W, T, C) float32, a dict
-output ({"logits"}, {"prediction"} or {"embedding"}), a `.backbone` functional model
-with the same input and a (B, D', H', W', T', C') output, and `.task_type`.
+Contract (the part of `tfbrain.models.task.Task` that export and serving use): a
+registered functional `keras.Model` with one input named "fmri", shape (B, D, H, W, T, C)
+float32, a dict output ({"logits"}, {"prediction"} or {"embedding"}), a `.backbone`
+functional model with the same input and a (B, D', H', W', T', C') output,
+`serving_outputs(outputs)` and `task_metadata()`.
 
 Letters: B batch, D/H/W space, T frames, C channels.
 """
@@ -59,6 +60,16 @@ class ToyFMRITask(keras.Model):
         self.task_type = task_type
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
+
+    def serving_outputs(self, outputs):
+        if self.task_type != "classification":
+            return dict(outputs)
+        logits = outputs["logits"]
+        return {"logits": logits, "probabilities": ops.sigmoid(logits) if self.num_classes == 1
+                else ops.softmax(logits, axis=-1)}
+
+    def task_metadata(self):
+        return {"type": self.task_type, "num_classes": self.num_classes}
 
     def get_config(self):
         return {"name": self.name, "volume_shape": list(self.volume_shape),

@@ -85,7 +85,8 @@ class TaskModelTest(TestCase):
         self.assertAllClose(restored(fmri)["logits"], model(fmri)["logits"], atol=1e-6)
         metadata = json.load(open(folder + "/metadata.json"))
         self.assertEqual(metadata["task"], {"type": "classification", "num_classes": 1,
-                                            "activation": "sigmoid"})
+                                            "activation": "sigmoid", "output_key": "logits",
+                                            "pooling": "token_mean"})
 
     def test_bad_head_name(self):
         with self.assertRaisesRegex(ValueError, "head"):
