@@ -15,8 +15,8 @@ Layout written (the one `tensorflow_model_server` watches):
 Signatures (names in `serving.signatures`; inputs are the model's own, named as in the
 model, e.g. one "fmri" (-1, D, H, W, T, C) for the fMRI families, dynamic batch):
 
-    serving_default        float32 in; the Task's `serving_outputs` (classification
-                           {"logits", "probabilities"}, regression {"prediction"}, ...)
+    serving_default        float32 in; the Task's `serving_outputs` (e.g. {"logits",
+                           "probabilities"} or {"prediction"})
     serving_default_fp16   float16 in (half the gRPC payload), cast to float32 inside
     embed                  float32 in; {"embedding": the backbone's pooled output, (B, C')}
     embed_fp16             float16 in
@@ -357,6 +357,8 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) or another version")
+    if hasattr(model, "for_serving"):
+        model = model.for_serving()  # e.g. the selective scan's non-XLA loop
     functions = build_serving_functions(model)
     if _is_task(model):
         task = model.task_metadata()

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with a 'constructor_kwargs' key also works); default: the "
                              "hyperparameters stored in a Lightning .ckpt")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="preset folder to write")
-    parser.add_argument("--task", help="force the task type of the head, e.g. regression where "
-                                       "its keys are a classifier's (default: inferred)")
+    parser.add_argument("--task", help="force the task type of the head where its keys are "
+                                       "ambiguous (default: inferred; `tfbrain presets` lists "
+                                       "task types)")
 
 
 def _sha256(path: pathlib.Path) -> str:

@@ -1,6 +1,6 @@
 """`tfbrain evaluate --model RUN/best [--dataset DIR] [--split test] [--report out.json]`:
-the Task's own evaluation (subject-level for classification and regression, the loss for
-self-supervised tasks) on a split of the dataset it was trained on."""
+the Task's own evaluation (subject-level scores for tasks that score subjects, the loss
+for self-supervised tasks) on a split of the dataset it was trained on."""
 
 import argparse
 import sys

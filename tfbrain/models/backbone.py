@@ -23,6 +23,21 @@ class Backbone(keras.Model):
 
     pooling = "token_mean"
 
+    def serving_overrides(self) -> dict:
+        """Constructor arguments that a serving graph needs changed (for example an XLA-only
+        code path switched off: TF-Serving refuses functions that must be XLA-compiled).
+        `tfbrain export` rebuilds the backbone with them and the same weights."""
+        return {}
+
+    def for_serving(self):
+        """This backbone, or a rebuilt copy with `serving_overrides()` and the same weights."""
+        overrides = self.serving_overrides()
+        if not overrides:
+            return self
+        clone = type(self).from_config({**self.get_config(), **overrides})
+        clone.set_weights(self.get_weights())
+        return clone
+
     def pool(self, features):
         """Backbone output -> `(B, C)` as `self.pooling` says."""
         from tfbrain.layers.pooling import pool_features

@@ -20,6 +20,10 @@ import importlib
 from typing import Any, Callable
 
 INPUT_KINDS = ("fmri_window", "feature_streams")
+# what a training config with neither `[model] family` nor `variant` builds (the first
+# wave's only model; kept so that those configs keep working)
+LEGACY_DEFAULT_VARIANT = "swift_small"
+DEFAULT_TASK_TYPE = "classification"  # `[task] type` when a config leaves it out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,6 +111,18 @@ class Task(keras.Model):
         as the contrastive pairs do)."""
         return self
 
+    def for_serving(self):
+        """This task, or a copy whose backbone takes its serving code path (see
+        `Backbone.serving_overrides`), with the same weights."""
+        backbone = self.backbone.for_serving() if hasattr(self.backbone, "for_serving") else self.backbone
+        if backbone is self.backbone:
+            return self
+        config = {**self.get_config(), "backbone": backbone}
+        config.pop("name", None)
+        clone = type(self)(**{k: v for k, v in config.items() if k != "trainable"})
+        clone.set_weights(self.get_weights())
+        return clone
+
     def default_attribution_unit(self, output) -> int:
         raise ValueError(f"a {self.task_type} model has no output to attribute; Integrated "
                          "Gradients need a classification or regression model")
@@ -199,7 +211,7 @@ class FMRIClassifier(Task):
 
     output_key = "logits"
     target_kind = "class"
-    evaluator = "classification"
+    evaluator = "subject_logits"
     monitor = ("val_subject_auroc", "max")
     attributable = True
 
@@ -261,7 +273,7 @@ class FMRIRegressor(Task):
 
     output_key = "prediction"
     target_kind = "value"
-    evaluator = "regression"
+    evaluator = "subject_predictions"
     monitor = ("val_subject_mse", "min")
     attributable = True
 
@@ -312,7 +324,7 @@ class FMRIContrastive(Task):
 
     output_key = "embedding"
     target_kind = "pairs"
-    evaluator = "contrastive"
+    evaluator = "view_pair_loss"
     monitor = ("val_loss", "min")
 
     @classmethod

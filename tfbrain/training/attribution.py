@@ -40,8 +40,8 @@ def run_attribution(model, dataset_dir: str, run: str, window: int, stride: int 
 
     if not getattr(model, "attributable", False):
         raise ValueError(f"{type(model).__name__} ({getattr(model, 'task_type', None)}) has no "
-                         "output to attribute; Integrated Gradients need a classification or "
-                         "regression model")
+                         "output to attribute (its Task is not `attributable`); Integrated "
+                         "Gradients need a model that scores a class or a value")
     output_key = model.output_key
     dataset = tfrecords_tools.windows(dataset_dir, None, window=window, stride=stride or window,
                                       shuffle=False, seed=0, subjects=[run])

@@ -10,6 +10,8 @@ import pathlib
 import tomllib
 from typing import Optional
 
+from tfbrain.models.registry import DEFAULT_TASK_TYPE  # imports no TensorFlow
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -39,9 +41,9 @@ class DataConfig:
 class ModelConfig:
     preset: str = ""                 # fine-tune from this preset (name or folder); else build
     family: str = ""                 # model family (`tfbrain presets` lists them); default: the
-    #                                  variant's family, or swift
-    variant: str = ""                # named variant of the family (default: swift_small, or
-    #                                  the family's default variant)
+    #                                  variant's family
+    variant: str = ""                # named variant (default: the family's default variant;
+    #                                  with neither set, the registry's legacy default)
     backbone: dict = dataclasses.field(default_factory=dict)  # backbone constructor overrides
     head: str = "v1"                 # "v1" | "v2" (classification/regression)
     dropout_rate: float = 0.0        # on pooled features
@@ -50,7 +52,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TaskConfig:
-    type: str = "classification"     # a registered task: classification | regression |
+    type: str = DEFAULT_TASK_TYPE    # a registered task: classification | regression |
     #                                  contrastive | mae | ... (`tfbrain presets` lists them)
     temperature: float = 0.1         # NT-Xent
     embedding_dim: int = 128         # contrastive projection width
@@ -194,12 +196,12 @@ class TrainConfig:
     def model_family_and_variant(self) -> tuple[str, str]:
         """(family, variant) to build when there is no preset; the old SwiFT-only form
         (`variant` alone, or nothing) keeps working."""
-        from tfbrain.models.registry import get_family, resolve_variant
+        from tfbrain.models.registry import LEGACY_DEFAULT_VARIANT, get_family, resolve_variant
 
         if self.model.family:
             spec = get_family(self.model.family)
             return spec.name, self.model.variant or spec.default_variant
-        spec, variant = resolve_variant(self.model.variant or "swift_small")
+        spec, variant = resolve_variant(self.model.variant or LEGACY_DEFAULT_VARIANT)
         return spec.name, variant
 
 

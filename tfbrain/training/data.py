@@ -120,6 +120,8 @@ class WindowDatasets:
         if not split:
             return None
         reader_split, frames = self.selection(split)
+        if frames is not None and frames[0] >= frames[1]:
+            return None  # a time split of zero length (e.g. no validation block)
         if not tfrecords_tools.window_index(data.dataset_dir, reader_split, window=data.window,
                                             stride=data.eval_stride, splits_file=self.splits_file,
                                             frames=frames):

@@ -1,9 +1,12 @@
 """Evaluation of a trained Task, by the evaluator the Task names (`Task.evaluator`).
 
-  "classification"  subject-level report from the windows' logits (SwiFT's protocol)
-  "regression"      subject-level report from the windows' predictions
-  "contrastive"     NT-Xent loss over pairs of validation windows -> {"loss"}
-  "reconstruction"  the model's own loss (`compute_loss`) over validation windows -> {"loss"}
+  "subject_logits"       subject-level report from the windows' logits (SwiFT's protocol:
+                         a subject's logit is the mean of its windows')
+  "subject_predictions"  subject-level report from the windows' predictions, in standardised
+                         and original units
+  "view_pair_loss"       NT-Xent loss over pairs of validation windows -> {"loss"}
+  "model_loss"           the model's own loss (`compute_loss`) over validation windows ->
+                         {"loss"}
 
 A subject-level report is `{"window": {...}, "subject": {...}}`; a loss report is
 `{"loss": float}`. `ValidationMetrics` puts either into the epoch logs (`val_subject_auroc`,
@@ -47,7 +50,7 @@ def _subject_report(metric_fn, subjects, outputs, labels) -> dict:
     return {"window": metric_fn(outputs, labels), "subject": metric_fn(subject_outputs, subject_labels)}
 
 
-def evaluate_classification(model, datasets, split, jit_compile):
+def evaluate_subject_logits(model, datasets, split, jit_compile):
     from tfbrain.training.metrics import classification_metrics
 
     dataset = datasets.evaluation(split)
@@ -62,7 +65,7 @@ def evaluate_classification(model, datasets, split, jit_compile):
     return _subject_report(classification_metrics, subjects, outputs[keep], targets)
 
 
-def evaluate_regression(model, datasets, split, jit_compile):
+def evaluate_subject_predictions(model, datasets, split, jit_compile):
     from tfbrain.training.metrics import regression_metrics
 
     dataset = datasets.evaluation(split)
@@ -74,7 +77,7 @@ def evaluate_regression(model, datasets, split, jit_compile):
     return _subject_report(metric, subjects, outputs, raw_labels)
 
 
-def evaluate_contrastive(model, datasets, split, jit_compile):
+def evaluate_view_pair_loss(model, datasets, split, jit_compile):
     from tfbrain.losses import NTXentLoss
 
     dataset = datasets.evaluation(split, pairs=True)
@@ -90,7 +93,7 @@ def evaluate_contrastive(model, datasets, split, jit_compile):
     return {"loss": float(np.mean(values))} if values else None
 
 
-def evaluate_reconstruction(model, datasets, split, jit_compile):
+def evaluate_model_loss(model, datasets, split, jit_compile):
     dataset = datasets.evaluation(split)
     if dataset is None:
         return None
@@ -103,10 +106,10 @@ def evaluate_reconstruction(model, datasets, split, jit_compile):
 
 
 EVALUATORS = {
-    "classification": evaluate_classification,
-    "regression": evaluate_regression,
-    "contrastive": evaluate_contrastive,
-    "reconstruction": evaluate_reconstruction,
+    "subject_logits": evaluate_subject_logits,
+    "subject_predictions": evaluate_subject_predictions,
+    "view_pair_loss": evaluate_view_pair_loss,
+    "model_loss": evaluate_model_loss,
 }
 
 

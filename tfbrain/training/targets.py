@@ -3,7 +3,7 @@
   "class"  categorical or event labels; optional `[data] label_groups` merge them; one logit
            for two classes (sigmoid), K logits otherwise; optional balanced class weights
   "value"  numeric labels, standardised with the mean/std over training windows (upstream)
-  "pairs"  two views of one run, no labels (contrastive)
+  "pairs"  two views of one run, no labels (NT-Xent pretraining)
   "none"   no targets (self-supervised: the input is the target)
 
 Window counts and labels come from `tfrecords_tools.window_index`, the reader's own index

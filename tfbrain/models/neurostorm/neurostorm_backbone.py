@@ -123,6 +123,10 @@ class NeuroSTORMBackbone(Backbone):
             names.append(f"stage_{i}_merge" if stage["merge"] else last_block)
         return names
 
+    def serving_overrides(self):
+        # the selective scan's XLA loop is marked must-compile; serve its plain loop
+        return {} if self.scan_jit is False else {"scan_jit": False}
+
     def get_config(self):
         return {**super().get_config(), "volume_shape": self.volume_shape,
                 "patch_size": self.patch_size, "hidden_dim": self.hidden_dim,

@@ -189,7 +189,7 @@ class NeuroSTORMMAE(Task):
 
     output_key = "reconstruction"
     target_kind = "none"
-    evaluator = "reconstruction"
+    evaluator = "model_loss"
     monitor = ("val_loss", "min")
 
     def __init__(self, backbone, mask_ratio=0.5, spatial_mask="window", time_mask="random",
