@@ -51,7 +51,7 @@ def _subject_report(metric_fn, subjects, outputs, labels) -> dict:
 
 
 def evaluate_subject_logits(model, datasets, split, jit_compile):
-    from tfbrain.training.metrics import classification_metrics
+    from tfbrain.training.metrics import logit_metrics
 
     dataset = datasets.evaluation(split)
     if dataset is None:
@@ -62,18 +62,18 @@ def evaluate_subject_logits(model, datasets, split, jit_compile):
     subjects = [s for s, k in zip(subjects, keep) if k]
     if not len(targets):
         return None
-    return _subject_report(classification_metrics, subjects, outputs[keep], targets)
+    return _subject_report(logit_metrics, subjects, outputs[keep], targets)
 
 
 def evaluate_subject_predictions(model, datasets, split, jit_compile):
-    from tfbrain.training.metrics import regression_metrics
+    from tfbrain.training.metrics import prediction_metrics
 
     dataset = datasets.evaluation(split)
     if dataset is None:
         return None
     outputs, raw_labels, subjects = predict_split(model, dataset, jit_compile, model.output_key)
     targets = datasets.targets
-    metric = lambda o, t: regression_metrics(o, t, targets.target_mean, targets.target_std)  # noqa: E731
+    metric = lambda o, t: prediction_metrics(o, t, targets.target_mean, targets.target_std)  # noqa: E731
     return _subject_report(metric, subjects, outputs, raw_labels)
 
 

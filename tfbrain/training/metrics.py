@@ -48,7 +48,7 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+def logit_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     """Metrics from per-item logits `(N, K)` (K = 1: binary) and int labels `(N,)`."""
     logits = np.asarray(logits, np.float64).reshape(len(labels), -1)
     labels = np.asarray(labels).astype(int)
@@ -74,7 +74,7 @@ def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def regression_metrics(predictions, targets, target_mean=0.0, target_std=1.0) -> dict:
+def prediction_metrics(predictions, targets, target_mean=0.0, target_std=1.0) -> dict:
     """Standardised-scale and original-unit errors; `targets` are in original units."""
     predictions = np.asarray(predictions, np.float64).ravel()
     targets = np.asarray(targets, np.float64).ravel()
@@ -93,10 +93,10 @@ def subject_level_report(task_type, subjects, outputs, labels, target_mean=0.0, 
     labels = np.asarray(labels)
     _, subject_outputs, subject_labels = group_by_subject(subjects, outputs, labels)
     if task_type == "classification":
-        return {"window": classification_metrics(outputs, labels),
-                "subject": classification_metrics(subject_outputs, subject_labels)}
-    return {"window": regression_metrics(outputs, labels, target_mean, target_std),
-            "subject": regression_metrics(subject_outputs, subject_labels, target_mean, target_std)}
+        return {"window": logit_metrics(outputs, labels),
+                "subject": logit_metrics(subject_outputs, subject_labels)}
+    return {"window": prediction_metrics(outputs, labels, target_mean, target_std),
+            "subject": prediction_metrics(subject_outputs, subject_labels, target_mean, target_std)}
 
 
 def format_report(report: dict) -> str:

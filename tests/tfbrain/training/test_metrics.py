@@ -3,8 +3,8 @@ import itertools
 import numpy as np
 
 from tests.test_case import TestCase
-from tfbrain.training.metrics import (auroc, classification_metrics, format_report, group_by_subject,
-                                      regression_metrics, subject_level_report)
+from tfbrain.training.metrics import (auroc, logit_metrics, format_report, group_by_subject,
+                                      prediction_metrics, subject_level_report)
 
 
 def brute_force_auroc(scores, positives):
@@ -36,14 +36,14 @@ class MetricsTest(TestCase):
 
     def test_balanced_accuracy_and_multiclass(self):
         logits = np.array([[3, 0, 0], [0, 3, 0], [0, 3, 0], [0, 0, 3]], float)
-        result = classification_metrics(logits, np.array([0, 1, 2, 2]))
+        result = logit_metrics(logits, np.array([0, 1, 2, 2]))
         self.assertAlmostEqual(result["accuracy"], 0.75)
         self.assertAlmostEqual(result["balanced_accuracy"], (1 + 1 + 0.5) / 3)
 
     def test_regression_in_standardised_and_original_units(self):
         targets = np.array([10.0, 20.0, 30.0])
         predictions = (targets - 20.0) / 10.0 + np.array([0.1, -0.1, 0.0])
-        result = regression_metrics(predictions, targets, target_mean=20.0, target_std=10.0)
+        result = prediction_metrics(predictions, targets, target_mean=20.0, target_std=10.0)
         self.assertAlmostEqual(result["mae"], 0.2 / 3)
         self.assertAlmostEqual(result["mae_original_units"], 2.0 / 3)
         self.assertGreater(result["pearson_r"], 0.99)
