@@ -42,16 +42,8 @@ def predict_split(model: keras.Model, dataset, jit_compile: bool, output_key: st
     return np.concatenate(outputs), np.concatenate(labels), subjects
 
 
-def _subject_report(metric_fn, subjects, outputs, labels) -> dict:
-    from tfbrain.training.metrics import group_by_subject
-
-    outputs = np.asarray(outputs, np.float64).reshape(len(labels), -1)
-    _, subject_outputs, subject_labels = group_by_subject(subjects, outputs, np.asarray(labels))
-    return {"window": metric_fn(outputs, labels), "subject": metric_fn(subject_outputs, subject_labels)}
-
-
 def evaluate_subject_logits(model, datasets, split, jit_compile):
-    from tfbrain.training.metrics import logit_metrics
+    from tfbrain.training.metrics import logit_metrics, subject_level_report
 
     dataset = datasets.evaluation(split)
     if dataset is None:
@@ -62,11 +54,11 @@ def evaluate_subject_logits(model, datasets, split, jit_compile):
     subjects = [s for s, k in zip(subjects, keep) if k]
     if not len(targets):
         return None
-    return _subject_report(logit_metrics, subjects, outputs[keep], targets)
+    return subject_level_report(logit_metrics, subjects, outputs[keep], targets)
 
 
 def evaluate_subject_predictions(model, datasets, split, jit_compile):
-    from tfbrain.training.metrics import prediction_metrics
+    from tfbrain.training.metrics import prediction_metrics, subject_level_report
 
     dataset = datasets.evaluation(split)
     if dataset is None:
@@ -74,7 +66,7 @@ def evaluate_subject_predictions(model, datasets, split, jit_compile):
     outputs, raw_labels, subjects = predict_split(model, dataset, jit_compile, model.output_key)
     targets = datasets.targets
     metric = lambda o, t: prediction_metrics(o, t, targets.target_mean, targets.target_std)  # noqa: E731
-    return _subject_report(metric, subjects, outputs, raw_labels)
+    return subject_level_report(metric, subjects, outputs, raw_labels)
 
 
 def evaluate_view_pair_loss(model, datasets, split, jit_compile):

@@ -87,16 +87,14 @@ def prediction_metrics(predictions, targets, target_mean=0.0, target_std=1.0) ->
             "pearson_r": pearson_r(predictions, targets), "count": int(len(targets))}
 
 
-def subject_level_report(task_type, subjects, outputs, labels, target_mean=0.0, target_std=1.0) -> dict:
-    """Window-level and subject-level metrics for a classification or regression run."""
+def subject_level_report(metric_fn, subjects, outputs, labels) -> dict:
+    """Window-level and subject-level `metric_fn(outputs, labels)` (a subject's output is
+    the mean of its windows')."""
     outputs = np.asarray(outputs, np.float64).reshape(len(labels), -1)
     labels = np.asarray(labels)
     _, subject_outputs, subject_labels = group_by_subject(subjects, outputs, labels)
-    if task_type == "classification":
-        return {"window": logit_metrics(outputs, labels),
-                "subject": logit_metrics(subject_outputs, subject_labels)}
-    return {"window": prediction_metrics(outputs, labels, target_mean, target_std),
-            "subject": prediction_metrics(subject_outputs, subject_labels, target_mean, target_std)}
+    return {"window": metric_fn(outputs, labels),
+            "subject": metric_fn(subject_outputs, subject_labels)}
 
 
 def format_report(report: dict) -> str:
@@ -115,10 +113,6 @@ def format_report(report: dict) -> str:
 
 
 def write_report(path, report: dict) -> None:
-    import os
-    import tempfile
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        json.dump(report, f, indent=2)
-    os.replace(f.name, path)
+    from tfbrain.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2))

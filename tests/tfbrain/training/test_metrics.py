@@ -28,7 +28,7 @@ class MetricsTest(TestCase):
         order, means, subject_labels = group_by_subject(subjects, logits, labels)
         self.assertEqual(order, ["a", "b", "c"])
         self.assertAllClose(means[:, 0], [0.5, -1.0, 0.5])
-        report = subject_level_report("classification", subjects, logits, labels)
+        report = subject_level_report(logit_metrics, subjects, logits, labels)
         self.assertEqual(report["subject"]["accuracy"], 1.0)
         self.assertEqual(report["window"]["accuracy"], 0.6)
         self.assertEqual(report["subject"]["count"], 3)
