@@ -239,11 +239,11 @@ class NeuroSTORMMAE(Task):
                                name="decoder_pred")(x)  # (B, D', H', W', T, P)
         reconstruction = NeuroSTORMUnpatchify(backbone.patch_size, dtype=dtype,
                                               name="reconstruction")(x)
-        # the encoder shares the backbone's layers instead of calling it, so the Task
-        # constructor (which calls the backbone whole) is skipped
-        keras.Model.__init__(self, inputs=fmri, outputs={"reconstruction": reconstruction,
+        # the encoder shares the backbone's layers instead of calling it whole, so the Task
+        # constructor is skipped (the next __init__ in the MRO: keras' functional one)
+        super(Task, self).__init__(inputs=fmri, outputs={"reconstruction": reconstruction,
                                                          "mask": token_mask},
-                             dtype=dtype, **kwargs)
+                                   dtype=dtype, **kwargs)
 
         # === Config ===
         self.backbone = backbone
