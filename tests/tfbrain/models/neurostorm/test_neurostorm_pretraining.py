@@ -128,5 +128,5 @@ class NeuroSTORMMAETest(TestCase):
     def test_bad_backbone(self):
         with self.assertRaisesRegex(ValueError, "c_multiplier=2"):
             NeuroSTORMMAE(NeuroSTORMBackbone(**TINY, c_multiplier=3))
-        with self.assertRaisesRegex(ValueError, "NeuroSTORMBackbone"):
+        with self.assertRaisesRegex(ValueError, "NeuroSTORM backbone"):
             NeuroSTORMMAE(keras.Sequential([keras.layers.Dense(2)]))
