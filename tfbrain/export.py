@@ -34,11 +34,8 @@ Letters: B batch, D/H/W space, T frames, C channels.
 
 import datetime
 import json
-import os
 import pathlib
 import re
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -47,7 +44,7 @@ import tensorflow as tf
 from serving.signatures import (BATCHING_FILE, DEFAULT_SIGNATURE, EMBED_SIGNATURE,
                                 EMBEDDING_OUTPUT, EXPORT_METADATA_FILE, FMRI_INPUT, FP16_SUFFIX,
                                 MODELS_CONFIG_FILE, WARMUP_FILE)
-from tfbrain.atomic import atomic_write_text
+from tfbrain.atomic import atomic_folder, atomic_write_text
 from tfbrain.version import __version__
 
 INPUT_NAME = FMRI_INPUT  # the single input of the fMRI families
@@ -365,16 +362,13 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
     else:
         task = {"type": None, "output_key": EMBEDDING_OUTPUT}
 
-    model_dir.mkdir(parents=True, exist_ok=True)
-    # A non-integer hidden name: a watching server ignores the folder until the rename.
-    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
-    try:
+    # written under a hidden, non-integer name (a watching server ignores it), then renamed
+    with atomic_folder(target, replace=overwrite) as staged:
         archive = keras.export.ExportArchive()
         archive.track(model)
         for name, fn in functions.items():
             archive.add_endpoint(name=name, fn=fn)
-        archive.write_out(str(tmp_dir / "saved_model"), verbose=False)
-        staged = tmp_dir / "saved_model"
+        archive.write_out(str(staged), verbose=False)
         check_servable(staged)
         extra = staged / "assets.extra"
         extra.mkdir(exist_ok=True)
@@ -396,11 +390,6 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
             "preprocessing": _training_preprocessing(metadata or {}),
         }
         (extra / EXPORT_METADATA_FILE).write_text(json.dumps(info, indent=2, default=str))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staged, target)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     if write_server_config:
         update_models_config(model_base, model_name, container_base=container_base)
         batching = pathlib.Path(model_base) / BATCHING_FILE

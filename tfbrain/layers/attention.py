@@ -99,10 +99,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         num_tokens = tokens.shape[1]
         qkv = ops.reshape(self.qkv(tokens), (-1, num_tokens, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, h, N, d)
-        out = attention_core(qkv[0], qkv[1], qkv[2], additive_mask=attention_mask,
-                             dropout=self.attention_dropout, training=training)  # (B, h, N, d)
+        out = self.attend(qkv[0], qkv[1], qkv[2], attention_mask, training)  # (B, h, N, d)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, num_tokens, self.hidden_dim))
         return self.output_dropout(self.proj(out), training=training)
+
+    def attend(self, query, key, value, attention_mask, training):
+        """`(B, h, N, d)` each -> `(B, h, N, d)`; subclasses shape the mask here."""
+        return attention_core(query, key, value, additive_mask=attention_mask,
+                              dropout=self.attention_dropout, training=training)
 
     def compute_output_shape(self, tokens_shape):
         return tokens_shape

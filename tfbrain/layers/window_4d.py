@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfbrain.layers.attention import attention_core
+from tfbrain.layers.attention import MultiHeadSelfAttention, attention_core
 from tfbrain.layers.drop_path import DropPath  # noqa: F401  (re-exported for old imports)
 
 MASK_VALUE = -100.0
@@ -152,8 +152,11 @@ def windowed_apply(x, mixer, window_size, shift_size, mask=None):
     return x
 
 
-class WindowAttention4D(keras.layers.Layer):
+class WindowAttention4D(MultiHeadSelfAttention):
     """Multi-head self-attention inside 4D windows (no relative position bias).
+
+    The fused-qkv attention of `tfbrain.layers.attention`, with the shifted-window mask:
+    one `(nW, N, N)` mask per window position, shared by every sample and head.
 
     Args:
         hidden_dim: int. Token width C.
@@ -167,57 +170,15 @@ class WindowAttention4D(keras.layers.Layer):
         attention_mask: optional additive `(nW, N, N)` mask, broadcast over batch and heads.
     """
 
-    def __init__(self, hidden_dim, num_heads, qkv_bias=True, attention_dropout_rate=0.0,
-                 dropout_rate=0.0, **kwargs):
-        super().__init__(**kwargs)
-        if hidden_dim % num_heads:
-            raise ValueError("`hidden_dim` must be divisible by `num_heads`. "
-                             f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}")
-        self.hidden_dim = hidden_dim
-        self.num_heads = num_heads
-        self.qkv_bias = qkv_bias
-        self.attention_dropout_rate = attention_dropout_rate
-        self.dropout_rate = dropout_rate
-        self.head_dim = hidden_dim // num_heads
-        self.scale = self.head_dim ** -0.5
-
-    def build(self, tokens_shape):
-        self.qkv = keras.layers.Dense(3 * self.hidden_dim, use_bias=self.qkv_bias,
-                                      dtype=self.dtype_policy, name="qkv")
-        self.qkv.build(tokens_shape)
-        self.proj = keras.layers.Dense(self.hidden_dim, dtype=self.dtype_policy, name="proj")
-        self.proj.build(tokens_shape[:-1] + (self.hidden_dim,))
-        self.attention_dropout = keras.layers.Dropout(self.attention_dropout_rate,
-                                                      dtype=self.dtype_policy)
-        self.output_dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
-
-    def call(self, tokens, attention_mask=None, training=False):
-        num_tokens = tokens.shape[1]
-        qkv = ops.reshape(self.qkv(tokens), (-1, num_tokens, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B*nW, heads, N, head_dim)
-        query, key, value = qkv[0], qkv[1], qkv[2]
+    def attend(self, query, key, value, attention_mask, training):
+        """`(B * nW, h, N, d)` each; the mask, if any, is `(nW, N, N)`."""
         if attention_mask is None:
-            out = attention_core(query, key, value, scale=self.scale,
-                                 dropout=self.attention_dropout, training=training)
-        else:
-            # windows of one sample are contiguous: view (B*nW) as (B, nW) so the (nW, N, N)
-            # mask broadcasts over batch and heads
-            num_windows = attention_mask.shape[0]
-            split = lambda t: ops.reshape(t, (-1, num_windows) + tuple(t.shape[1:]))  # noqa: E731
-            out = attention_core(split(query), split(key), split(value),
-                                 additive_mask=attention_mask[None, :, None], scale=self.scale,
-                                 dropout=self.attention_dropout, training=training)
-            out = ops.reshape(out, (-1, self.num_heads, num_tokens, self.head_dim))
-        # out: (B*nW, heads, N, head_dim)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, num_tokens, self.hidden_dim))
-        return self.output_dropout(self.proj(out), training=training)
-
-    def compute_output_shape(self, tokens_shape):
-        return tokens_shape
-
-    def get_config(self):
-        return {**super().get_config(), "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads, "qkv_bias": self.qkv_bias,
-                "attention_dropout_rate": self.attention_dropout_rate,
-                "dropout_rate": self.dropout_rate}
-
+            return super().attend(query, key, value, None, training)
+        # windows of one sample are contiguous: view (B*nW) as (B, nW) so the (nW, N, N)
+        # mask broadcasts over batch and heads
+        num_windows = attention_mask.shape[0]
+        split = lambda t: ops.reshape(t, (-1, num_windows) + tuple(t.shape[1:]))  # noqa: E731
+        out = attention_core(split(query), split(key), split(value),
+                             additive_mask=attention_mask[None, :, None],
+                             dropout=self.attention_dropout, training=training)  # (B, nW, h, N, d)
+        return ops.reshape(out, (-1,) + tuple(query.shape[1:]))  # (B*nW, h, N, d)

@@ -64,13 +64,9 @@ class Backbone(keras.Model):
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Load a backbone (or task model) from a preset name or folder."""
-        from tfbrain.models.loading import load_preset  # imports every family
+        from tfbrain.models.loading import load_preset_as  # imports every family
 
-        model = load_preset(preset, load_weights=load_weights, **kwargs)
-        if not isinstance(model, cls):
-            raise ValueError(f"Preset {preset!r} holds a {type(model).__name__}, "
-                             f"not a {cls.__name__}.")
-        return model
+        return load_preset_as(cls, preset, load_weights=load_weights, **kwargs)
 
 
 def check_volume_geometry(volume_shape, patch_size, num_stages, max_frames) -> None:

@@ -16,6 +16,14 @@ def load_preset(preset, load_weights: bool = True, **config_overrides) -> keras.
     return instantiate_preset(folder, config, load_weights=load_weights, **config_overrides)
 
 
+def load_preset_as(cls, preset, load_weights: bool = True, **config_overrides) -> keras.Model:
+    """`load_preset`, checking that the preset holds a `cls`."""
+    model = load_preset(preset, load_weights=load_weights, **config_overrides)
+    if not isinstance(model, cls):
+        raise ValueError(f"Preset {preset!r} holds a {type(model).__name__}, not a {cls.__name__}.")
+    return model
+
+
 def list_presets() -> dict[str, dict]:
     """Every registered preset name: {name: {"description", "how_to_make"}}."""
     return registered_presets()

@@ -158,13 +158,9 @@ class Task(keras.Model):
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Load a task model from a preset name or folder."""
-        from tfbrain.models.loading import load_preset  # imports every family
+        from tfbrain.models.loading import load_preset_as  # imports every family
 
-        model = load_preset(preset, load_weights=load_weights, **kwargs)
-        if not isinstance(model, cls):
-            raise ValueError(f"Preset {preset!r} holds a {type(model).__name__}, "
-                             f"not a {cls.__name__}.")
-        return model
+        return load_preset_as(cls, preset, load_weights=load_weights, **kwargs)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,
