@@ -15,7 +15,6 @@ Prints where everything went.
 """
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -67,12 +66,10 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    import numpy as np
-
     import tfrecords_tools
     from tfbrain.sample_data import studyforrest_localizer
     from tfbrain.training.config import TrainConfig
-    from tfbrain.training.metrics import format_report
+    from tfbrain.training.metrics import format_report, write_report
     from tfbrain.training.trainer import train
 
     sample = studyforrest_localizer()
@@ -104,11 +101,10 @@ def main(argv=None) -> int:
     majority = None
     if test:
         print(format_report({"window": test["window"]}))  # one subject: no subject-level row
-        labels = _window_labels(train_config, summary)
-        majority = max(np.mean(labels), 1 - np.mean(labels)) if len(labels) else None
+        majority = test["window"]["majority_accuracy"]
         print(f"majority-class accuracy on the same windows: {majority:.3f}")
-    (out / "demo_report.json").write_text(json.dumps({"report": report, "majority_accuracy": majority,
-                                                      "history": history}, indent=2))
+    write_report(out / "demo_report.json", {"report": report, "majority_accuracy": majority,
+                                            "history": history})
 
     t = step("4. attribute: Integrated Gradients -> NIfTI in the original space")
     from tfbrain.models.loading import load_preset
@@ -136,23 +132,6 @@ def main(argv=None) -> int:
         print(f"TF-Serving model base: {served['model_base']}  (version {served['version']})")
     print(f"total time:            {time.time() - started:.0f} s")
     return 0
-
-
-def _window_labels(train_config, summary) -> list:
-    """Binary labels (stimulus = 1) of the test windows, for the majority baseline."""
-    import numpy as np
-
-    import tfrecords_tools
-
-    data = train_config.data
-    bounds = np.concatenate([[0.0], np.cumsum(data.time_split)])
-    test = (float(bounds[2]), float(min(bounds[3], 1.0)))
-    index = tfrecords_tools.window_index(data.dataset_dir, None, window=data.window,
-                                         stride=data.eval_stride, frames=test)
-    groups = list(data.label_groups.values())
-    vocabulary = tfrecords_tools.load_dataset_info(data.dataset_dir)["labels"]["vocabulary"]
-    group_of = {name: g for g, members in enumerate(groups) for name in members}
-    return [group_of[vocabulary[w["label"]]] for w in index]
 
 
 def _export_and_query(best_dir, out, dataset_dir, train_config) -> dict:

@@ -53,4 +53,16 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         metrics.write_report(args.report, report)
         print(f"report: {args.report}")
+        rows = report.get("per_subject")
+        if rows:
+            import csv
+
+            path = args.report.removesuffix(".json") + "_subjects.csv"
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["subject", "label", "predicted", "mean_logits"])
+                for row in rows:
+                    writer.writerow([row["subject"], row["label"], row["predicted"],
+                                     " ".join(f"{v:.6g}" for v in row["mean_logits"])])
+            print(f"per-subject table: {path}")
     return 0

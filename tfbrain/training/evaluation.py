@@ -42,7 +42,18 @@ def predict_split(model: keras.Model, dataset, jit_compile: bool, output_key: st
     return np.concatenate(outputs), np.concatenate(labels), subjects
 
 
-def evaluate_subject_logits(model, datasets, split, jit_compile):
+def _window_loss(model, datasets, outputs, raw_labels) -> float | None:
+    """The Task's training loss over the windows (mean), for `val_loss` beside `loss`."""
+    import tensorflow as tf
+
+    losses = model.default_loss()
+    if not isinstance(losses, dict) or model.output_key not in losses:
+        return None
+    targets = datasets.targets.target(tf.constant(raw_labels))
+    return float(losses[model.output_key](targets, tf.constant(outputs, tf.float32)))
+
+
+def evaluate_subject_logits(model, datasets, split, jit_compile, num_resamples=1000):
     from tfbrain.training.metrics import logit_metrics, subject_level_report
 
     dataset = datasets.evaluation(split)
@@ -54,10 +65,30 @@ def evaluate_subject_logits(model, datasets, split, jit_compile):
     subjects = [s for s, k in zip(subjects, keep) if k]
     if not len(targets):
         return None
-    return subject_level_report(logit_metrics, subjects, outputs[keep], targets)
+    report = subject_level_report(logit_metrics, subjects, outputs[keep], targets, num_resamples)
+    report["per_subject"] = _subject_rows(subjects, outputs[keep], targets,
+                                          datasets.targets.class_names)
+    # the names training logs, so that TensorBoard overlays train and validation curves
+    report["loss"] = _window_loss(model, datasets, outputs[keep], raw_labels[keep])
+    report["accuracy"] = report["window"]["accuracy"]
+    return report
 
 
-def evaluate_subject_predictions(model, datasets, split, jit_compile):
+def _subject_rows(subjects, outputs, targets, class_names) -> list[dict]:
+    """One row per subject: its class, mean logits, predicted class (by name)."""
+    from tfbrain.training.metrics import group_by_subject
+
+    order, means, labels = group_by_subject(subjects, np.asarray(outputs, np.float64), targets)
+    rows = []
+    for subject, mean, label in zip(order, means, labels):
+        predicted = int(mean[0] >= 0) if mean.shape[-1] == 1 else int(mean.argmax())
+        rows.append({"subject": subject, "label": class_names[int(label)],
+                     "predicted": class_names[predicted],
+                     "mean_logits": [float(v) for v in np.ravel(mean)]})
+    return rows
+
+
+def evaluate_subject_predictions(model, datasets, split, jit_compile, num_resamples=1000):
     from tfbrain.training.metrics import prediction_metrics, subject_level_report
 
     dataset = datasets.evaluation(split)
@@ -66,10 +97,13 @@ def evaluate_subject_predictions(model, datasets, split, jit_compile):
     outputs, raw_labels, subjects = predict_split(model, dataset, jit_compile, model.output_key)
     targets = datasets.targets
     metric = lambda o, t: prediction_metrics(o, t, targets.target_mean, targets.target_std)  # noqa: E731
-    return subject_level_report(metric, subjects, outputs, raw_labels)
+    report = subject_level_report(metric, subjects, outputs, raw_labels, num_resamples)
+    report["loss"] = _window_loss(model, datasets, outputs, raw_labels)
+    report["mae"] = report["window"]["mae"]
+    return report
 
 
-def evaluate_view_pair_loss(model, datasets, split, jit_compile):
+def evaluate_view_pair_loss(model, datasets, split, jit_compile, num_resamples=0):
     from tfbrain.losses import NTXentLoss
 
     dataset = datasets.evaluation(split, pairs=True)
@@ -85,7 +119,7 @@ def evaluate_view_pair_loss(model, datasets, split, jit_compile):
     return {"loss": float(np.mean(values))} if values else None
 
 
-def evaluate_model_loss(model, datasets, split, jit_compile):
+def evaluate_model_loss(model, datasets, split, jit_compile, num_resamples=0):
     dataset = datasets.evaluation(split)
     if dataset is None:
         return None
@@ -105,12 +139,13 @@ EVALUATORS = {
 }
 
 
-def evaluate_model(model, datasets, split: str, jit_compile: bool):
-    """The report of the Task's evaluator on one split, or None if the split is empty."""
+def evaluate_model(model, datasets, split: str, jit_compile: bool, num_resamples: int = 1000):
+    """The report of the Task's evaluator on one split, or None if the split is empty.
+    `num_resamples` bootstrap resamples give the 95% intervals (0: none)."""
     if model.evaluator not in EVALUATORS:
         raise ValueError(f"{type(model).__name__} names evaluator {model.evaluator!r}; known: "
                          f"{sorted(EVALUATORS)}")
-    return EVALUATORS[model.evaluator](model, datasets, split, jit_compile)
+    return EVALUATORS[model.evaluator](model, datasets, split, jit_compile, num_resamples)
 
 
 def report_to_logs(report: dict, prefix: str) -> dict:
@@ -119,7 +154,7 @@ def report_to_logs(report: dict, prefix: str) -> dict:
     for key, value in report.items():
         if isinstance(value, dict):
             logs.update({f"{prefix}_{key}_{name}": v for name, v in value.items()
-                         if name != "count"})
+                         if name not in ("count", "ci95") and isinstance(v, (int, float))})
         elif isinstance(value, (int, float)):
             logs[f"{prefix}_{key}"] = float(value)
     return logs
@@ -137,6 +172,6 @@ class ValidationMetrics(keras.callbacks.Callback):
         if logs is None:
             return
         report = evaluate_model(self.task_model, self.datasets, self.datasets.config.data.val_split,
-                                self.jit_compile)
+                                self.jit_compile, num_resamples=0)
         if report is not None:
             logs.update(report_to_logs(report, "val"))

@@ -62,9 +62,12 @@ def logit_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
         area = float(np.mean(areas)) if areas else float("nan")
     classes = np.unique(labels)
     recalls = [float((predicted[labels == c] == c).mean()) for c in classes]
+    counts = np.bincount(labels) if len(labels) else np.zeros(1)
     return {"accuracy": float((predicted == labels).mean()),
             "balanced_accuracy": float(np.mean(recalls)),
-            "auroc": area, "count": int(len(labels))}
+            "auroc": area, "count": int(len(labels)),
+            # what always answering the most frequent class scores on the same items
+            "majority_accuracy": float(counts.max() / max(len(labels), 1))}
 
 
 def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,20 +90,49 @@ def prediction_metrics(predictions, targets, target_mean=0.0, target_std=1.0) ->
             "pearson_r": pearson_r(predictions, targets), "count": int(len(targets))}
 
 
-def subject_level_report(metric_fn, subjects, outputs, labels) -> dict:
+CI_METRICS = ("accuracy", "balanced_accuracy", "auroc", "pearson_r", "mse", "mae")
+
+
+def bootstrap_ci(metric_fn, outputs, labels, num_resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> dict:
+    """Percentile bootstrap confidence intervals (items resampled with replacement) of the
+    metrics in `CI_METRICS` that `metric_fn(outputs, labels)` returns: {name: [low, high]}.
+    A resample on which a metric is undefined (one class only, for AUROC) is skipped."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    if n < 2:
+        return {}
+    samples = {}
+    for _ in range(num_resamples):
+        index = rng.integers(0, n, n)
+        for name, value in metric_fn(outputs[index], labels[index]).items():
+            if name in CI_METRICS and value is not None and np.isfinite(value):
+                samples.setdefault(name, []).append(value)
+    tail = 100 * (1 - level) / 2
+    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+            for name, v in samples.items() if len(v) >= num_resamples // 2}
+
+
+def subject_level_report(metric_fn, subjects, outputs, labels, num_resamples: int = 1000) -> dict:
     """Window-level and subject-level `metric_fn(outputs, labels)` (a subject's output is
-    the mean of its windows')."""
+    the mean of its windows'), each with bootstrap 95% intervals (`ci95`)."""
     outputs = np.asarray(outputs, np.float64).reshape(len(labels), -1)
     labels = np.asarray(labels)
     _, subject_outputs, subject_labels = group_by_subject(subjects, outputs, labels)
-    return {"window": metric_fn(outputs, labels),
-            "subject": metric_fn(subject_outputs, subject_labels)}
+    report = {}
+    for level, (o, y) in (("window", (outputs, labels)), ("subject", (subject_outputs, subject_labels))):
+        report[level] = metric_fn(o, y)
+        if num_resamples:
+            report[level]["ci95"] = bootstrap_ci(metric_fn, o, y, num_resamples)
+    return report
 
 
 def format_report(report: dict) -> str:
     """A printed table: one row per level, one column per metric."""
     levels = [k for k in ("window", "subject") if k in report]
-    names = sorted({m for level in levels for m in report[level]})
+    if not levels:
+        return "  ".join(f"{k} {v:.4f}" for k, v in report.items() if isinstance(v, float))
+    names = sorted({m for level in levels for m in report[level] if m != "ci95"})
     lines = [f"{'level':8}" + "".join(f"{n:>20}" for n in names)]
     for level in levels:
         cells = []
@@ -109,10 +141,29 @@ def format_report(report: dict) -> str:
             cells.append(f"{value:>20}" if isinstance(value, int) else f"{value:>20.4f}"
                          if isinstance(value, float) else f"{value!s:>20}")
         lines.append(f"{level:8}" + "".join(cells))
+        intervals = report[level].get("ci95") or {}
+        if intervals:
+            lines.append(f"{'  95% CI':8}" + "".join(
+                f"{'[%.3f, %.3f]' % tuple(intervals[n]):>20}" if n in intervals else f"{'':>20}"
+                for n in names))
     return "\n".join(lines)
 
 
+def strict_json(value):
+    """NaN and infinities -> None (JSON has no NaN); numpy scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_report(path, report: dict) -> None:
+    """Strict JSON (null for undefined metrics), written atomically."""
     from tfbrain.atomic import atomic_write_text
 
-    atomic_write_text(path, json.dumps(report, indent=2))
+    atomic_write_text(path, json.dumps(strict_json(report), indent=2, allow_nan=False))

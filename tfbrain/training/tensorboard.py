@@ -1,10 +1,15 @@
 """What a training run writes for TensorBoard (`tensorboard --logdir RUN/tensorboard --host 127.0.0.1`).
 
-  train/ and validation/   epoch scalars: losses, metrics, learning rate, subject-level
-                           validation metrics (Keras' TensorBoard callback)
+  train/ and validation/   epoch scalars under one tag per metric, so the two runs overlay
+                           (`epoch_loss`, `epoch_accuracy`, ...; validation adds the
+                           subject-level ones), learning rate (Keras' TensorBoard callback)
   train/                   weight histograms, gradient histograms (`gradients/<variable>`),
                            images `slices/{axial,coronal,sagittal}` of an input window
-  projector/               window embeddings (token-mean backbone output), subject + label
+  validation/              the Task's images (e.g. MAE reconstructions), an Integrated-
+                           Gradients map of a validation window (`attribution/...`)
+  test/                    the test split's metrics of `best/`, at the last step
+  (root)                   the projector: window embeddings (the backbone's pooled output)
+                           with subject and label, found by TensorBoard at the log root
   plugins/profile/         the profiler trace, when `[tensorboard] profile_steps` is set
 """
 
@@ -151,7 +156,9 @@ def write_embeddings(model, datasets, log_dir, split=None, max_windows: int = 50
                 rows.append((sub.decode(), f"{lab:g}"))
         if len(rows) >= max_windows:
             break
-    projector_dir = os.path.join(str(log_dir), "projector")
+    # the projector plugin reads projector_config.pbtxt in the log root and in run folders
+    # that hold event files; the root is always scanned
+    projector_dir = str(log_dir)
     os.makedirs(projector_dir, exist_ok=True)
     matrix = np.concatenate(vectors)[:max_windows]
     with open(os.path.join(projector_dir, "metadata.tsv"), "w") as f:
@@ -166,3 +173,52 @@ def write_embeddings(model, datasets, log_dir, split=None, max_windows: int = 50
     embedding.metadata_path = "metadata.tsv"
     projector.visualize_embeddings(projector_dir, projector_config)
     return projector_dir
+
+
+def write_split_metrics(report: dict, log_dir, run: str, step: int) -> None:
+    """A split's report (window/subject metrics, loss) as scalars of run `run` at `step`."""
+    import tensorflow as tf
+
+    from tfbrain.training.evaluation import report_to_logs
+
+    writer = tf.summary.create_file_writer(os.path.join(str(log_dir), run))
+    with writer.as_default(step=step):
+        for name, value in report_to_logs(report, "epoch").items():
+            if value is not None and np.isfinite(value):
+                tf.summary.scalar(name, value)
+    writer.flush()
+
+
+def write_attribution_image(model, datasets, log_dir, step: int, steps: int = 16) -> bool:
+    """Integrated Gradients of the first validation (or training) window, summed over frames:
+    mid-slices beside the input's, in `validation/attribution/*`. Only for attributable Tasks."""
+    import tensorflow as tf
+
+    from tfbrain.training.attribution import integrated_gradients
+
+    if not getattr(model, "attributable", False):
+        return False
+    config = datasets.config
+    dataset = datasets.evaluation(config.data.val_split) or datasets.evaluation(
+        config.data.train_split)
+    if dataset is None:
+        return False
+    import tfrecords_tools
+
+    window, _, subject = next(iter(dataset.unbatch().take(1)))
+    window = window.numpy()  # (D, H, W, T, 1)
+    try:  # the run's recorded background is the baseline (see tfbrain.training.attribution)
+        background = float(tfrecords_tools.run_info(config.data.dataset_dir,
+                                                     subject.numpy().decode())["background"])
+    except (ValueError, KeyError):
+        background = float(window.min())
+    out = np.asarray(model(window[None], training=False)[model.output_key])[0]
+    attribution = integrated_gradients(model, window, model.default_attribution_unit(out),
+                                       steps=steps, baseline_value=background)
+    magnitude = np.abs(attribution[..., 0].sum(axis=-1))[..., None, None]  # (D, H, W, 1, 1)
+    writer = tf.summary.create_file_writer(os.path.join(str(log_dir), "validation"))
+    with writer.as_default(step=step):
+        for name, image in mid_slices(magnitude).items():
+            tf.summary.image(f"attribution/{name}", image)
+    writer.flush()
+    return True

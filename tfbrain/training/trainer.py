@@ -52,7 +52,8 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
     from tfbrain.training.data import make_datasets
     from tfbrain.training.evaluation import ValidationMetrics, evaluate_model
     from tfbrain.training.model_factory import build_task_model, compile_task
-    from tfbrain.training.tensorboard import tensorboard_callbacks, write_embeddings
+    from tfbrain.training.tensorboard import (tensorboard_callbacks, write_attribution_image,
+                                              write_embeddings, write_split_metrics)
 
     keras.utils.set_random_seed(config.run.seed)
     keras.mixed_precision.set_global_policy(config.optim.mixed_precision)
@@ -134,8 +135,14 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
         if chief:
             metrics_lib.write_report(out / "report.json", report)
         summary["report"] = report
-        if config.tensorboard.enabled and config.tensorboard.embeddings and chief:
-            write_embeddings(model, datasets, work_dir / "tensorboard")
+        if config.tensorboard.enabled and chief:
+            for split in (config.data.test_split,):
+                if split in report:
+                    write_split_metrics(report[split], work_dir / "tensorboard", "test", total_steps)
+            if config.tensorboard.images:
+                write_attribution_image(best, datasets, work_dir / "tensorboard", total_steps)
+            if config.tensorboard.embeddings:
+                write_embeddings(model, datasets, work_dir / "tensorboard")
         return summary
     finally:
         keras.mixed_precision.set_global_policy("float32")

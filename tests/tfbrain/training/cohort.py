@@ -6,11 +6,20 @@ import nibabel as nib
 import numpy as np
 
 
+def planted_region(shape=(20, 20, 20)) -> np.ndarray:
+    """The boolean region where class-1 subjects differ, on the original grid."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    return ((grid[0] - 0.35) ** 2 + (grid[1] + 0.3) ** 2 + grid[2] ** 2) < 0.12
+
+
 def planted_cohort(folder: str, num_subjects: int = 40, shape=(20, 20, 20), num_frames: int = 16,
-                   effect: float = 1.0, seed: int = 0, tr: float = 2.0) -> tuple[list, list]:
+                   effect: float = 1.0, seed: int = 0, tr: float = 2.0,
+                   oscillation_period: float = 0.0) -> tuple[list, list]:
     """4D runs of an ellipsoid 'brain' with smooth structure, subject offsets, a global
     drift and voxel noise; class-1 subjects get +`effect` (in units of the voxel noise
-    std) in one spatial region for the whole run. Returns (paths, labels)."""
+    std) in one spatial region for the whole run, or, with `oscillation_period` (frames),
+    an oscillation of that amplitude there (which survives voxel-wise normalisation).
+    Returns (paths, labels)."""
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
@@ -23,7 +32,11 @@ def planted_cohort(folder: str, num_subjects: int = 40, shape=(20, 20, 20), num_
         noise_std = 30.0
         run = anatomy[..., None] + rng.normal(0, 15) + rng.normal(0, noise_std, shape + (num_frames,))
         run += 10 * np.sin(np.linspace(0, rng.uniform(1, 4), num_frames))[None, None, None]
-        if label:
+        if label and oscillation_period:
+            phase = rng.uniform(0, 2 * np.pi)
+            wave = np.sin(2 * np.pi * np.arange(num_frames) / oscillation_period + phase)
+            run[region] += effect * noise_std * wave
+        elif label:
             run[region] += effect * noise_std
         run[~brain] = 0
         img = nib.Nifti1Image(run.astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
@@ -35,10 +48,11 @@ def planted_cohort(folder: str, num_subjects: int = 40, shape=(20, 20, 20), num_
     return paths, labels
 
 
-def convert_cohort(paths, labels, output_dir, target_shape=(16, 16, 16), min_frames=8):
+def convert_cohort(paths, labels, output_dir, target_shape=(16, 16, 16), min_frames=8,
+                   normalization="zscore"):
     import tfrecords_tools
 
     runs = tfrecords_tools.runs_from_files(paths, labels)
     config = tfrecords_tools.PreprocessConfig(target_shape=target_shape, min_frames=min_frames,
-                                              mask_method="nonzero")
+                                              mask_method="nonzero", normalization=normalization)
     return tfrecords_tools.convert(runs, output_dir, config=config, workers=0, progress=False)

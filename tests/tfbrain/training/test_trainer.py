@@ -105,7 +105,13 @@ def test_tensorboard_logs_what_it_promises(cohort, tmp_path):
     for view in ("axial", "coronal", "sagittal"):
         images = train_tags[f"slices/{view}"]
         assert images and images[0][1].shape[0] == 3  # width, height, one PNG
-    projector = os.path.join(board, "projector")
+    # one tag per metric for both runs, so the curves overlay; validation loss included
+    for tag in ("epoch_loss", "epoch_accuracy"):
+        assert len(train_tags[tag]) == 2 and len(val_tags[tag]) == 2
+    test_tags = read_events(os.path.join(board, "test"))
+    assert "epoch_subject_auroc" in test_tags and "epoch_loss" in test_tags
+    assert any(tag.startswith("attribution/") for tag in val_tags)
+    projector = board  # the log root, which the projector plugin scans
     assert os.path.exists(os.path.join(projector, "projector_config.pbtxt"))
     rows = open(os.path.join(projector, "metadata.tsv")).read().splitlines()
     assert rows[0] == "subject\tlabel" and len(rows) > 2
