@@ -202,8 +202,8 @@ def _validate(volume_shape, hidden_dim, depths, num_heads, max_frames, implement
         raise ValueError(f"`volume_shape` has T={volume_shape[3]} frames but "
                          f"max_frames={max_frames}: the temporal position table cannot cover "
                          "longer windows.")
-    if len(depths) != 2 or depths[0] < 1 or depths[1] < 0:
-        raise ValueError("`depths` must be (Mamba blocks >= 1, attention blocks >= 0). "
+    if len(depths) != 2 or min(depths) < 0:
+        raise ValueError("`depths` must be (Mamba blocks, attention blocks), both >= 0. "
                          f"Received: depths={depths}")
     if hidden_dim % 8 or hidden_dim % num_heads:
         raise ValueError("`hidden_dim` must be a multiple of 8 (stem widths C/8..C) and of "

@@ -222,7 +222,7 @@ class BrainMTAddRMSNorm(keras.layers.Layer):
     """Fused residual add + RMSNorm, prenorm (mamba_ssm `rms_norm_fn`, `prenorm=True`,
     `residual_in_fp32=True`).
 
-    residual <- residual + DropPath(hidden) (or hidden itself when there is no residual yet);
+    residual <- residual + DropPath(hidden) (DropPath(hidden) when there is no residual yet);
     normed = residual / sqrt(mean(residual^2) + eps) * weight. The residual stream and the
     norm are float32 even under mixed precision, as upstream; `normed` comes back in the
     compute dtype.
@@ -254,7 +254,9 @@ class BrainMTAddRMSNorm(keras.layers.Layer):
     def call(self, hidden_states, residual=None, training=False):
         hidden_states = ops.cast(hidden_states, self.compute_dtype)
         if residual is None:
-            residual = ops.cast(hidden_states, "float32")
+            # upstream's first block passes hidden as is (its rate is 0); norm_f after zero
+            # Mamba blocks drops it
+            residual = ops.cast(self.drop_path(hidden_states, training=training), "float32")
         else:
             residual = ops.cast(residual, "float32") + ops.cast(
                 self.drop_path(hidden_states, training=training), "float32")

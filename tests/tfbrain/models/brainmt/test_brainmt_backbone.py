@@ -126,7 +126,7 @@ class BrainMTBackboneTest(TestCase):
         with self.assertRaisesRegex(ValueError, "max_frames=2"):
             BrainMTBackbone(**{**self.init_kwargs, "max_frames": 2})
         with self.assertRaisesRegex(ValueError, "depths"):
-            BrainMTBackbone(**{**self.init_kwargs, "depths": (0, 2)})
+            BrainMTBackbone(**{**self.init_kwargs, "depths": (2, -1)})
         with self.assertRaisesRegex(ValueError, "hidden_dim"):
             BrainMTBackbone(**{**self.init_kwargs, "hidden_dim": 20})
         with self.assertRaisesRegex(ValueError, "attention_implementation"):
