@@ -146,6 +146,7 @@ class BrainMTBackbone(Backbone):
                 [x, drop_path(attention(norm(x)))])
             x = keras.layers.Add(dtype=dtype, name=f"mlp_{i}_add")([x, drop_path(mlp(norm(x)))])
         super().__init__(inputs=fmri, outputs=x, dtype=dtype, **kwargs)
+        apply_upstream_init(self, depths)
 
         # === Config ===
         self.volume_shape = volume_shape
@@ -188,6 +189,49 @@ class BrainMTBackbone(Backbone):
                 "attention_implementation": self.attention_implementation,
                 "attention_block_size": self.attention_block_size,
                 "attention_max_plain_score_bytes": self.attention_max_plain_score_bytes}
+
+
+def apply_upstream_init(backbone, depths) -> None:
+    """Re-draw the weights as upstream's `BrainMT.__init__` leaves them (for training from
+    scratch; converted weights overwrite them):
+      * `segm_init_weights`: every Linear weight ~ N(0, 0.02) (timm's trunc_normal_ cuts at
+        +-2 absolute, i.e. 100 std: effectively untruncated), every Linear bias 0; that includes
+        the Mamba in_proj, x_proj and dt_proj, so dt_proj's bias is 0 (softplus(0) = 0.693)
+        instead of Mamba's inverse-softplus init;
+      * `_init_weights`: `out_proj.weight` of every mixer and the shared `mlp.fc2.weight` get
+        torch's default kaiming-uniform (U(+-1/sqrt(fan_in))) divided by sqrt(sum(depths)).
+    Convolutions, LayerNorms, A_log, D and the depthwise conv1d keep their defaults.
+    """
+    rescale = float(np.sqrt(max(sum(depths), 1)))
+
+    def normal(dense):
+        dense.kernel.assign(keras.initializers.RandomNormal(stddev=0.02)(dense.kernel.shape))
+        if getattr(dense, "bias", None) is not None:
+            dense.bias.assign(ops.zeros(dense.bias.shape))
+
+    def kaiming_rescaled(dense):
+        limit = 1.0 / np.sqrt(dense.kernel.shape[0]) / rescale
+        dense.kernel.assign(keras.initializers.RandomUniform(-limit, limit)(dense.kernel.shape))
+        if getattr(dense, "bias", None) is not None:
+            dense.bias.assign(ops.zeros(dense.bias.shape))
+
+    for i in range(depths[0]):
+        mixer = backbone.get_layer(f"mamba_layer_{i}").mixer
+        normal(mixer.in_proj)
+        kaiming_rescaled(mixer.out_proj)
+        branches = [mixer.forward_branch] + [getattr(mixer, "backward_branch", None)]
+        for branch in filter(None, branches):
+            normal(branch.x_proj)
+            normal(branch.dt_proj)
+            branch.dt_bias.assign(ops.zeros(branch.dt_bias.shape))
+    for i in range(depths[1]):
+        attention = backbone.get_layer(f"attention_{i}")
+        normal(attention.qkv)
+        normal(attention.proj)
+    if depths[1]:
+        mlp = backbone.get_layer("mlp")
+        normal(mlp.linear1)
+        kaiming_rescaled(mlp.linear2)
 
 
 def _validate(volume_shape, hidden_dim, depths, num_heads, max_frames, implementation):

@@ -33,11 +33,15 @@ def stem_widths(hidden_dim: int) -> tuple:
     return (hidden_dim // 8, hidden_dim // 4, hidden_dim // 2, hidden_dim)
 
 
-def _conv3d(filters, use_bias, strides, dtype, name):
+def _conv3d(filters, in_channels, use_bias, strides, dtype, name):
     # "valid" after an explicit symmetric pad: torch's padding=1 is not Keras' "same" for
     # stride 2 on even sizes (Keras pads the end only).
-    return keras.layers.Conv3D(filters, STEM_KERNEL, strides=strides, padding="valid",
-                               use_bias=use_bias, dtype=dtype, name=name)
+    # torch's default Conv3d init: kernel and bias U(+-1/sqrt(fan_in)), fan_in = 27 * C_in
+    limit = 1.0 / (STEM_KERNEL ** 3 * in_channels) ** 0.5
+    return keras.layers.Conv3D(
+        filters, STEM_KERNEL, strides=strides, padding="valid", use_bias=use_bias,
+        kernel_initializer=keras.initializers.RandomUniform(-limit, limit),
+        bias_initializer=keras.initializers.RandomUniform(-limit, limit), dtype=dtype, name=name)
 
 
 def _build_conv(conv, x_shape):
@@ -71,10 +75,10 @@ class BrainMTConvBlock(keras.layers.Layer):
             raise ValueError(f"The last axis of `x` must be hidden_dim={self.hidden_dim}. "
                              f"Received: x.shape={x_shape}")
         dtype = self.dtype_policy
-        self.conv1 = _conv3d(self.hidden_dim, True, 1, dtype, "conv1")
+        self.conv1 = _conv3d(self.hidden_dim, self.hidden_dim, True, 1, dtype, "conv1")
         self.norm1 = keras.layers.LayerNormalization(epsilon=TORCH_LAYER_NORM_EPSILON,
                                                      dtype=dtype, name="norm1")
-        self.conv2 = _conv3d(self.hidden_dim, True, 1, dtype, "conv2")
+        self.conv2 = _conv3d(self.hidden_dim, self.hidden_dim, True, 1, dtype, "conv2")
         self.norm2 = keras.layers.LayerNormalization(epsilon=TORCH_LAYER_NORM_EPSILON,
                                                      dtype=dtype, name="norm2")
         for conv, norm in ((self.conv1, self.norm1), (self.conv2, self.norm2)):
@@ -122,12 +126,13 @@ class BrainMTStem(keras.layers.Layer):
         dtype = self.dtype_policy
         w1, w2, w3, w4 = stem_widths(self.hidden_dim)
         # sublayer names follow upstream's module names, so the converter reads one to one
-        self.patch_conv1 = _conv3d(w1, False, 2, dtype, "patch_embed_conv_down_0")
-        self.patch_conv2 = _conv3d(w2, False, 2, dtype, "patch_embed_conv_down_2")
+        self.patch_conv1 = _conv3d(w1, frames_shape[-1], False, 2, dtype,
+                                   "patch_embed_conv_down_0")
+        self.patch_conv2 = _conv3d(w2, w1, False, 2, dtype, "patch_embed_conv_down_2")
         self.conv_block0 = BrainMTConvBlock(w2, dtype=dtype, name="conv_block0")
-        self.downsample0 = _conv3d(w3, False, 2, dtype, "downsample0")
+        self.downsample0 = _conv3d(w3, w2, False, 2, dtype, "downsample0")
         self.conv_block1 = BrainMTConvBlock(w3, dtype=dtype, name="conv_block1")
-        self.downsample1 = _conv3d(w4, False, 2, dtype, "downsample1")
+        self.downsample1 = _conv3d(w4, w3, False, 2, dtype, "downsample1")
         shape = tuple(frames_shape)
         shape = _build_conv(self.patch_conv1, shape)
         shape = _build_conv(self.patch_conv2, shape)

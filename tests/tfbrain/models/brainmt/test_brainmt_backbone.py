@@ -144,3 +144,19 @@ class BrainMTBackboneTest(TestCase):
         backbone = BrainMT.backbone("brainmt_paper")
         self.assertEqual(tuple(backbone.output.shape), (None, 50_401, 512))
         self.assertTrue(backbone.get_layer("attention_0").uses_blockwise(50_401))
+
+
+class BrainMTInitTest(TestCase):
+    def test_upstream_init(self):
+        backbone = BrainMTBackbone(volume_shape=(16, 16, 16, 2, 1), hidden_dim=64, depths=(2, 2))
+        mixer = backbone.get_layer("mamba_layer_1").mixer
+        # segm_init_weights: dt_proj bias 0, Linear weights ~ N(0, 0.02)
+        self.assertAllClose(mixer.forward_branch.dt_bias, np.zeros(128))
+        self.assertAlmostEqual(float(np.std(mixer.in_proj.kernel)), 0.02, delta=0.002)
+        # _init_weights: out_proj / fc2 ~ U(+-1/sqrt(fan_in)) / sqrt(4 layers)
+        limit = 1 / np.sqrt(128) / 2
+        self.assertLessEqual(float(np.max(np.abs(mixer.out_proj.kernel))), limit)
+        self.assertGreater(float(np.max(np.abs(mixer.out_proj.kernel))), 0.9 * limit)
+        self.assertAllClose(backbone.get_layer("attention_0").qkv.bias, np.zeros(192))
+        self.assertLessEqual(float(np.max(np.abs(backbone.get_layer("mlp").linear2.kernel))),
+                             limit)
