@@ -183,7 +183,8 @@ def main() -> None:
                  if r["attention"] != "plain" and r["frames"] in plain else "")
         print(f"{r['attention']:10} {r['frames']:4d} {r['tokens']:7d} {r['first_s']:9.1f}s "
               f"{r['median_s']:8.2f}s {r['peak_gb']:7.2f}GB {ratio:>15}")
-    print(f"\n{'attention':10} {'GB/frame':>9} {'intercept':>10} {'R^2':>7} {'T=200 (extrap.)':>16}")
+    print(f"\n{'attention':10} {'GB/frame':>9} {'intercept':>10} {'R^2':>7} "
+          f"{'T=200 (extrap.)':>16}")
     for attention in args.attention.split(","):
         points = [(r["frames"], r["peak_gb"]) for r in rows if r["attention"] == attention]
         if len(points) < 2:

@@ -271,8 +271,8 @@ class BrainMTAddRMSNorm(keras.layers.Layer):
         return (normed, residual) if self.return_residual else normed
 
     def compute_output_shape(self, hidden_states_shape, residual_shape=None):
-        return (tuple(hidden_states_shape), tuple(hidden_states_shape)) if self.return_residual else tuple(
-            hidden_states_shape)
+        shape = tuple(hidden_states_shape)
+        return (shape, shape) if self.return_residual else shape
 
     def compute_output_spec(self, hidden_states, residual=None, training=False):
         normed = keras.KerasTensor(hidden_states.shape, dtype=self.compute_dtype)

@@ -160,3 +160,21 @@ class BrainMTInitTest(TestCase):
         self.assertAllClose(backbone.get_layer("attention_0").qkv.bias, np.zeros(192))
         self.assertLessEqual(float(np.max(np.abs(backbone.get_layer("mlp").linear2.kernel))),
                              limit)
+
+
+class BrainMTExportTest(TestCase):
+    @pytest.mark.large
+    def test_saved_model_with_blockwise_attention(self):
+        from tfbrain.layers import selective_scan_jit
+
+        backbone = BrainMTBackbone(volume_shape=(32, 16, 16, 3, 1), hidden_dim=16, depths=(1, 1),
+                                   attention_implementation="blockwise", attention_block_size=4)
+        model = FMRIClassifier(backbone, num_classes=1)
+        fmri = np.random.RandomState(3).randn(2, 32, 16, 16, 3, 1).astype("float32")
+        path = self.get_temp_dir() + "/saved"
+        with selective_scan_jit(False):  # a serving graph without nested XLA functions
+            model.export(path)
+        served = tf.saved_model.load(path).signatures["serving_default"]
+        outputs = served(tf.constant(fmri))
+        logits = [v for k, v in outputs.items() if "logits" in k][0]
+        self.assertAllClose(logits, model(fmri)["logits"], atol=1e-5)
