@@ -75,9 +75,11 @@ def _read_torch(path: pathlib.Path) -> tuple[dict, dict]:
         raise ValueError(f"{path}: could not load with torch.load(weights_only=True): {err}. "
                          "If the checkpoint pickles custom objects, re-save its state_dict.") from err
     hparams = {}
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:  # Lightning
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         checkpoint = checkpoint["state_dict"]
+    elif isinstance(checkpoint, dict) and "model_state_dict" in checkpoint:  # plain training loops
+        checkpoint = checkpoint["model_state_dict"]
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a state_dict (mapping of tensors), got {type(checkpoint)}")
     state_dict = {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()

@@ -15,8 +15,9 @@ import pathlib
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("family", help="model family with a converter (`tfbrain presets` lists "
                                        "them)")
-    parser.add_argument("--state-dict", required=True, type=pathlib.Path,
-                        help="upstream weights: .npz, .safetensors or .ckpt/.pt")
+    parser.add_argument("--state-dict", required=True, type=pathlib.Path, action="append",
+                        help="upstream weights: .npz, .safetensors or .ckpt/.pt; repeat it for "
+                             "a model saved in several files (merged; a key in two is an error)")
     parser.add_argument("--upstream-kwargs", type=pathlib.Path,
                         help="JSON of the upstream constructor kwargs (a fixture's *_config.json "
                              "with a 'constructor_kwargs' key also works); default: the "
@@ -58,14 +59,22 @@ def convert(family: str, state_dict_path, out_dir, upstream_kwargs_path=None, ta
     spec = get_family(family)
     if spec.converter is None:
         raise ValueError(f"family {family!r} has no converter from upstream weights")
-    state_dict_path = pathlib.Path(state_dict_path)
-    if not state_dict_path.is_file():
-        raise FileNotFoundError(f"--state-dict {state_dict_path}: no such file")
-    state_dict, hparams = read_state_dict(state_dict_path)
-    kwargs = load_upstream_kwargs(upstream_kwargs_path, hparams, state_dict_path)
+    paths = [pathlib.Path(p) for p in (state_dict_path if isinstance(state_dict_path, (list, tuple))
+                                       else [state_dict_path])]
+    state_dict, hparams = {}, {}
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"--state-dict {path}: no such file")
+        part, part_hparams = read_state_dict(path)
+        clash = sorted(set(state_dict) & set(part))
+        if clash:
+            raise ValueError(f"--state-dict {path}: keys {clash[:5]} are also in an earlier file")
+        state_dict.update(part)
+        hparams = hparams or part_hparams
+    kwargs = load_upstream_kwargs(upstream_kwargs_path, hparams, paths[0])
     model = spec.converter(state_dict, kwargs, task=task)
     save_preset(model, out_dir, extra_metadata={
-        "source": {"file": state_dict_path.name, "sha256": _sha256(state_dict_path),
+        "source": {"files": [p.name for p in paths], "sha256": [_sha256(p) for p in paths],
                    "family": spec.name, "upstream_repo": spec.upstream.repo,
                    "upstream_commit": spec.upstream.commit, "upstream_kwargs": kwargs},
         "conversion_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

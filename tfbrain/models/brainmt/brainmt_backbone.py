@@ -176,6 +176,10 @@ class BrainMTBackbone(Backbone):
         _check_input(fmri, self.volume_shape, self.max_frames)
         return super().__call__(fmri, *args, **kwargs)
 
+    def serving_overrides(self):
+        # the selective scan's XLA loop is marked must-compile; serve its plain loop
+        return {} if self.scan_jit is False else {"scan_jit": False}
+
     def get_config(self):
         return {**super().get_config(), "volume_shape": self.volume_shape,
                 "hidden_dim": self.hidden_dim, "depths": self.depths,
