@@ -129,3 +129,18 @@ def save_preset(model: keras.Model, preset_dir, extra_metadata: dict | None = No
         metadata.update(extra_metadata or {})
         (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     return preset_dir
+
+
+def resolve_run_folder(path) -> tuple[pathlib.Path, str | None]:
+    """A model folder from what a user passes as `--model`: a preset folder as is, or a
+    training run folder -> its `best/`, else its `final/` (with a note saying why)."""
+    path = pathlib.Path(str(path)).expanduser()
+    if (path / CONFIG_FILE).exists() or not path.is_dir():
+        return path, None
+    if (path / "best" / CONFIG_FILE).exists():
+        return path / "best", None
+    if (path / "final" / CONFIG_FILE).exists():
+        return path / "final", (f"{path} has no best/ (no validation split, or no finite "
+                                "validation metric); using final/, the model after the last step")
+    raise FileNotFoundError(f"{path} is neither a preset folder nor a training run folder with "
+                            "best/ or final/ (is the run finished?)")

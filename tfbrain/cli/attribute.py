@@ -6,7 +6,8 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="preset folder written by training")
+    parser.add_argument("--model", required=True,
+                        help="a training run folder (its best/, else final/) or a preset folder")
     parser.add_argument("--dataset", help="dataset folder (default: the one it was trained on)")
     parser.add_argument("--subject", required=True, help="run key, or a subject with one run")
     parser.add_argument("--out", required=True, help="output NIfTI (.nii.gz), original space")
@@ -20,12 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tfbrain.cli.evaluate import model_run_config
+    from tfbrain.cli.evaluate import model_run_config, resolve_model_arg
     from tfbrain.models.loading import load_preset
     from tfbrain.training.attribution import write_attribution
 
     from tfbrain.presets import load_preset_metadata
 
+    resolve_model_arg(args)
     config = model_run_config(args.model, args.dataset)
     model = load_preset(args.model)
     class_names = load_preset_metadata(args.model).get("task_labels", {}).get("class_names")

@@ -7,7 +7,8 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="preset folder written by training")
+    parser.add_argument("--model", required=True,
+                        help="a training run folder (its best/, else final/) or a preset folder")
     parser.add_argument("--dataset", help="dataset folder (default: the one it was trained on)")
     parser.add_argument("--split", default="test", help="split to score (default test)")
     parser.add_argument("--stride", type=int, help="frames between windows (default: eval_stride)")
@@ -31,6 +32,16 @@ def model_run_config(model_dir: str, dataset: str | None = None):
     return TrainConfig.from_dict(raw, source=f"{model_dir}/metadata.json")
 
 
+def resolve_model_arg(args) -> None:
+    """`--model RUN` -> RUN/best (or RUN/final, saying why)."""
+    from tfbrain.presets import resolve_run_folder
+
+    folder, note = resolve_run_folder(args.model)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    args.model = str(folder)
+
+
 def run(args: argparse.Namespace) -> int:
     from tfbrain.models.loading import load_preset
     from tfbrain.models.registry import family_of_backbone
@@ -38,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from tfbrain.training.data import make_datasets
     from tfbrain.training.evaluation import evaluate_model
 
+    resolve_model_arg(args)
     config = model_run_config(args.model, args.dataset)
     if args.stride:
         config.data.eval_stride = args.stride

@@ -115,9 +115,10 @@ def run_attribution(model, dataset_dir: str, run: str, window: int, stride: int 
             bar.update(1)
     bar.close()
     means = {name: np.mean(m, axis=0) for name, m in maps.items()}
+    mean_epi = np.mean([v[..., 0].mean(axis=-1) for v in volumes], axis=0)  # (D, H, W)
     return means, {"run": info["key"], "num_windows": len(volumes), "outputs": outputs,
                    "steps": steps, "baseline": background, "mask_voxels": int(mask.sum()),
-                   "targets": [name for name, _ in targets], "mask": mask}
+                   "targets": [name for name, _ in targets], "mask": mask, "mean": mean_epi}
 
 
 def _progress(total: int, enabled: bool, what: str):
@@ -160,9 +161,20 @@ def write_attribution(model, dataset_dir: str, run: str, out_path: str, window: 
     grid_path = out_path.replace(".nii.gz", "").replace(".nii", "") + "_grid.npy"
     np.save(grid_path, grid)
     mask = details.pop("mask")
+    mean_epi = details.pop("mean")
+    figures = []
+    from tfbrain.training.figures import attribution_figure, have_matplotlib
+
+    if have_matplotlib():
+        stem = out_path.replace(".nii.gz", "").replace(".nii", "")
+        for k, name in enumerate(details["targets"]):
+            suffix = "" if len(details["targets"]) == 1 else f"_{name}"
+            figures.append(attribution_figure(stack[..., k], mean_epi, f"{stem}{suffix}.png",
+                                              title=f"{details['run']}: {name}"))
     magnitude = np.abs(grid if grid.ndim == 3 else grid.sum(axis=-1))
     top = magnitude >= np.quantile(magnitude, 0.99)
-    return {**details, "nifti": out_path, "grid": grid_path, "shape": list(image.shape),
+    return {**details, "nifti": out_path, "grid": grid_path, "figures": figures,
+            "shape": list(image.shape),
             "max_abs": float(magnitude.max()),
             "mass_in_brain": float(magnitude[mask].sum() / max(magnitude.sum(), 1e-30)),
             "top1pct_in_brain": float((top & mask).sum() / max(top.sum(), 1))}

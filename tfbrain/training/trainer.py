@@ -28,6 +28,7 @@ from tfbrain.training.checkpointing import (BestPreset, SimulatedInterruption, S
                                             TrainingState)
 from tfbrain.training.config import TrainConfig
 from tfbrain.training.distribution import build_before_distributed_fit, is_chief, make_strategy
+from tfbrain.training.progress import RunProgbar
 
 __all__ = ["train", "SimulatedInterruption"]
 
@@ -95,6 +96,8 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
                                      config.run.stop_after_steps, write=True)]
         if config.tensorboard.enabled:
             callbacks += tensorboard_callbacks(config, work_dir / "tensorboard", datasets, model)
+        if verbose:
+            callbacks.append(RunProgbar(config.optim.epochs))
         if verbose:
             print(f"training {model.count_params():,}-parameter {type(model).__name__} "
                   f"({config.task.type}) on {datasets.windows_per_epoch} windows/epoch, "

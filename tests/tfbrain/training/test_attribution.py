@@ -68,3 +68,16 @@ def test_targets_are_explicit():
         resolve_targets(Binary(), "faces", names)
     assert resolve_targets(ThreeWay(), "each", ["a", "b", "c"]) == [("a", 0), ("b", 1), ("c", 2)]
     assert resolve_targets(ThreeWay(), "2", ["a", "b", "c"]) == [("unit2", 2)]
+
+
+def test_attribution_figure_is_written(tmp_path):
+    from tfbrain.training.figures import attribution_figure, have_matplotlib
+
+    if not have_matplotlib():
+        pytest.skip("the figures extra (matplotlib) is not installed")
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 12)] * 3, indexing="ij"))
+    anatomy = 100 * ((grid ** 2).sum(0) < 0.8)
+    attribution = np.exp(-((grid[0] - 0.4) ** 2 + grid[1] ** 2 + grid[2] ** 2) / 0.05)
+    path = attribution_figure(attribution, anatomy, str(tmp_path / "map.png"), title="planted")
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

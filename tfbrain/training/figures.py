@@ -1,0 +1,51 @@
+"""Figures a researcher puts in a paper: an attribution map over the run's mean EPI, three
+orthogonal slices through its strongest voxel, thresholded (nilearn's `plot_stat_map`
+style, drawn with matplotlib, the optional `figures` extra).
+
+Letters: D/H/W the stored grid's axes (x, y, z of the converted run).
+"""
+
+import numpy as np
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attribution_figure(attribution: np.ndarray, anatomy: np.ndarray, path: str,
+                       title: str = "", percentile: float = 99.0) -> str:
+    """Write a PNG of `attribution` `(D, H, W)` over `anatomy` `(D, H, W)` (e.g. the mean
+    EPI), showing voxels with |attribution| above its `percentile` (of nonzero voxels).
+    Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    magnitude = np.abs(attribution)
+    nonzero = magnitude[magnitude > 0]
+    threshold = float(np.percentile(nonzero, percentile)) if nonzero.size else 0.0
+    peak = np.unravel_index(int(np.argmax(magnitude)), magnitude.shape)
+    limit = float(magnitude.max()) or 1.0
+    views = (("sagittal", lambda a: a[peak[0], :, :]), ("coronal", lambda a: a[:, peak[1], :]),
+             ("axial", lambda a: a[:, :, peak[2]]))
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3.6), facecolor="black")
+    low, high = np.percentile(anatomy, [2, 98])
+    for axis, (name, cut) in zip(axes, views):
+        axis.imshow(cut(anatomy).T, origin="lower", cmap="gray", vmin=low, vmax=high)
+        overlay = np.ma.masked_where(cut(magnitude).T <= threshold, cut(attribution).T)
+        image = axis.imshow(overlay, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+        axis.set_title(name, color="white")
+        axis.axis("off")
+    bar = figure.colorbar(image, ax=axes, fraction=0.025, pad=0.02)
+    bar.ax.tick_params(colors="white")
+    bar.set_label("Integrated Gradients", color="white")
+    figure.suptitle(f"{title}  (|IG| > {percentile:g}th percentile, peak at voxel "
+                    f"{tuple(int(i) for i in peak)})", color="white")
+    figure.savefig(path, dpi=100, facecolor="black")
+    plt.close(figure)
+    return path
