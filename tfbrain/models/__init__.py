@@ -9,4 +9,5 @@ from tfbrain.models.backbone import Backbone
 from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor, Task
 from tfbrain.models.swift import SwiFT, SwiFTBackbone
 from tfbrain.models.neurostorm import NeuroSTORM, NeuroSTORMBackbone, NeuroSTORMMAE
+from tfbrain.models.bixt import BiXT, BiXTBackbone
 from tfbrain.models.registry import create_backbone, families, get_family
