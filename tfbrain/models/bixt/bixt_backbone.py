@@ -51,18 +51,17 @@ def _as_tuple(value, length, name):
         return (value,) * length
     value = tuple(int(v) for v in value)
     if len(value) != length:
-        raise ValueError(f"`{name}` needs {length} entries for this input. Received: {name}={value}")
+        raise ValueError(f"`{name}` needs {length} entries for this input. "
+                         f"Received: {name}={value}")
     return value
 
 
 def bixt_token_grid(volume_shape, patch_size, patch_stride, tokenizer):
     """Check the input geometry and return the token grid (rows, cols) or (D', H', W', T')."""
     spatial_axes = len(volume_shape) - 1
-    if spatial_axes not in (2, 4):
-        raise ValueError("`volume_shape` must be (H, W, C_in) for images or (D, H, W, T, C_in) "
-                         f"for fMRI windows. Received: volume_shape={volume_shape}")
     if tokenizer not in TOKENIZERS:
-        raise ValueError(f"`tokenizer` must be one of {TOKENIZERS}. Received: tokenizer={tokenizer!r}")
+        raise ValueError(f"`tokenizer` must be one of {TOKENIZERS}. "
+                         f"Received: tokenizer={tokenizer!r}")
     if tokenizer == "conv" and spatial_axes != 2:
         raise ValueError("The conv tokenizer is for images (H, W, C_in). "
                          f"Received: volume_shape={volume_shape}")
@@ -125,6 +124,9 @@ class BiXTBackbone(Backbone):
                  fourier_features=32, dense_output=False, dtype=None, **kwargs):
         volume_shape = tuple(int(v) for v in volume_shape)
         spatial_axes = len(volume_shape) - 1
+        if spatial_axes not in (2, 4):
+            raise ValueError("`volume_shape` must be (H, W, C_in) for images or (D, H, W, T, C_in) "
+                             f"for fMRI windows. Received: volume_shape={volume_shape}")
         patch_size = _as_tuple(patch_size, spatial_axes, "patch_size")
         patch_stride = patch_size if patch_stride is None else _as_tuple(
             patch_stride, spatial_axes, "patch_stride")
@@ -210,7 +212,8 @@ class BiXTBackbone(Backbone):
             raise ValueError(f"BiXTBackbone expects {kind} of shape (batch, "
                              f"{', '.join(str(v) for v in self.volume_shape)}); received rank "
                              f"{len(shape)} shape {tuple(shape)}. The token grid is fixed by the "
-                             "position encoding: rebuild with another volume_shape for other sizes.")
+                             "position encoding: rebuild with another volume_shape for other "
+                             "sizes.")
         return super().__call__(inputs, *args, **kwargs)
 
     def token_model(self) -> keras.Model:
@@ -221,7 +224,7 @@ class BiXTBackbone(Backbone):
             raise ValueError("token_model() needs a backbone built with dense_output=True "
                              "(the default last layer is one-sided and leaves the tokens stale). "
                              "Received: dense_output=False")
-        return keras.Model(self.inputs, self._final_tokens, name=f"{self.name}_tokens")
+        return keras.Model(self.input, self._final_tokens, name=f"{self.name}_tokens")
 
     def get_config(self):
         return {**super().get_config(), "volume_shape": self.volume_shape,

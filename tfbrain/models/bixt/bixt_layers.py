@@ -277,7 +277,7 @@ class BiXTPatchEmbed4D(keras.layers.Layer):
         x = ops.reshape(x, (-1, d, h, w, pt * c))  # (B*T', D, H, W, pt*C)
         x = self.proj(torch_conv_padding(x, self.padding, 3))  # (B*T', D', H', W', C)
         grid = x.shape[1:4]
-        x = ops.reshape(x, (-1, t // pt) + tuple(grid) + (self.hidden_dim,))  # (B, T', D', H', W', C)
+        x = ops.reshape(x, (-1, t // pt, *grid, self.hidden_dim))  # (B, T', D', H', W', C)
         x = ops.transpose(x, (0, 2, 3, 4, 1, 5))  # (B, D', H', W', T', C)
         return ops.reshape(x, (-1, math.prod(grid) * (t // pt), self.hidden_dim))  # (B, N, C)
 
