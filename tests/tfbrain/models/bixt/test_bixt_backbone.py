@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tests.test_case import TestCase
+from tfbrain.layers.transformer_block import TransformerBlock
 from tfbrain.models.bixt import BiXT, BiXTBackbone
 from tfbrain.models.bixt.bixt_presets import BIXT_VARIANTS, UPSTREAM_PARAMETER_COUNTS
 from tfbrain.models.registry import create_backbone, get_family, resolve_variant
@@ -165,3 +166,29 @@ class BiXTBackboneTest(TestCase):
             BiXTBackbone(**{**TINY, "ca_num_heads": 3})
         with self.assertRaisesRegex(ValueError, "patch_size` needs 4 entries"):
             BiXTBackbone(**{**TINY, "patch_size": (4, 4, 4)})
+
+
+def graph_flops(model, input_shape):
+    """Float operations of the model's forward graph, as TensorFlow's profiler counts them
+    (matmuls and convolutions: 2 per multiply-add)."""
+    fn = tf.function(lambda x: model(x)).get_concrete_function(
+        tf.TensorSpec((1,) + tuple(input_shape), tf.float32))
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph=fn.graph, options=options).total_float_ops
+
+
+class LinearCostTest(TestCase):
+    def test_doubling_tokens_doubles_flops_where_full_attention_quadruples(self):
+        kwargs = dict(patch_size=(2, 2, 2, 1), num_latents=8, latent_dim=16, depth=2,
+                      sa_num_heads=2, ca_num_heads=2)
+        bixt = [graph_flops(BiXTBackbone(volume_shape=(8, 8, w, 4, 1), **kwargs), (8, 8, w, 4, 1))
+                for w in (16, 32)]  # 512 -> 1,024 tokens
+        self.assertGreater(bixt[1] / bixt[0], 1.8)
+        self.assertLess(bixt[1] / bixt[0], 2.1)
+        full = []
+        for num_tokens in (512, 1024):
+            tokens = keras.Input((num_tokens, 16))
+            block = TransformerBlock(16, 2, layer_norm_epsilon=1e-6)
+            full.append(graph_flops(keras.Model(tokens, block(tokens)), (num_tokens, 16)))
+        self.assertGreater(full[1] / full[0], 3.5)
