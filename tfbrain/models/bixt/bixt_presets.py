@@ -53,6 +53,7 @@ BIXT_VARIANTS = {
 UPSTREAM_PARAMETER_COUNTS = {
     "bixt_ti_l64_p16": 15_121_192, "bixt_ti_l64_p16s8": 15_121_192,
     "bixt_ti_l64_p16s4": 15_121_192, "bixt_ti_l64_d13_p16": 16_381_672,
+    "bixt_ed256_l64_p16": 26_682_088,
     "bixt_ed256LS_l64_p16s8": 26_700_008, "bixt_conv_ti_l64_p16": 15_192_640,
 }
 

@@ -192,3 +192,18 @@ class LinearCostTest(TestCase):
             block = TransformerBlock(16, 2, layer_norm_epsilon=1e-6)
             full.append(graph_flops(keras.Model(tokens, block(tokens)), (num_tokens, 16)))
         self.assertGreater(full[1] / full[0], 3.5)
+
+
+class BiXTExportTest(TestCase):
+    @pytest.mark.large
+    def test_saved_model_signatures_equal_in_process(self):
+        from tfbrain.export import export_model
+
+        model = FMRIClassifier(create_backbone("bixt_tiny"), num_classes=3)
+        version_dir = export_model(model, self.get_temp_dir(), "bixt")
+        loaded = tf.saved_model.load(str(version_dir))
+        fmri = fmri_batch()
+        served = loaded.signatures["serving_default"](fmri=tf.constant(fmri))
+        self.assertAllClose(served["logits"], model(fmri)["logits"], atol=1e-6)
+        embedding = loaded.signatures["embed"](fmri=tf.constant(fmri))["embedding"]
+        self.assertAllClose(embedding, model.embed(fmri), atol=1e-6)
