@@ -9,7 +9,7 @@ layers, each a bi-directional cross-attention block between a learned latent arr
 and the tokens, then self-attention over the latents -> latents `(B, M, C_lat)`. The last layer
 is one-sided (latents only) unless `dense_output=True`. With M fixed the cost is linear in N.
 
-Two inputs share this one code path (as MONAI's nets do for 2D and 3D):
+Three inputs share this one code path (as MONAI's nets do for 2D and 3D):
   * images, `volume_shape=(H, W, C_in)`: upstream's tokenizers (kernel p with stride p, p/2 or
     p/4 and padding (p - s)/2, or the XCiT conv tokenizer) and its 2D Fourier encoding;
   * fMRI windows, `volume_shape=(D, H, W, T, C_in)`, channels-last as `tfrecords_tools.windows`
@@ -18,7 +18,10 @@ Two inputs share this one code path (as MONAI's nets do for 2D and 3D):
     pt = 1 tokenizes every frame) and the same Fourier construction with one block of 32
     features per axis of the (D', H', W', T') token grid, projected to C_tok. A 96³x20 window with
     8³x1 patches is 12³x20 = 34,560 tokens, which 64 latents read at linear cost. This 4D design
-    is ours: upstream has no fMRI model.
+    is ours: upstream has no fMRI model;
+  * point sets, `volume_shape=(N, F)` with `coordinates` `(N, k)`: one token per point (e.g. an
+    atlas parcel's time series, `tfrecords_tools.parcels.parcel_time_series`), a Linear F -> C_tok,
+    and the Fourier encoding of the points' coordinates (e.g. parcel centroids in mm).
 
 How this port differs from upstream:
   * channels-last input; tokens are row-major over the grid as upstream's `flatten(2)`;
@@ -83,8 +86,9 @@ class BiXTBackbone(Backbone):
     """The BiXT encoder; its output is the latent array.
 
     Args:
-        volume_shape: (H, W, C_in) for images or (D, H, W, T, C_in) for fMRI windows.
-        patch_size: int or tuple, (ph, pw) or (pd, ph, pw, pt).
+        volume_shape: (H, W, C_in) for images, (D, H, W, T, C_in) for fMRI windows, or (N, F)
+            for point sets.
+        patch_size: int or tuple, (ph, pw) or (pd, ph, pw, pt); unused for point sets.
         patch_stride: None (= patch_size) or a tuple like `patch_size`; image p16s8 is
             `patch_size=16, patch_stride=8`. For fMRI the time stride must equal pt.
         tokenizer: "linear" (Conv kernel p, stride s) or "conv" (XCiT conv stack, images only,
@@ -104,6 +108,8 @@ class BiXTBackbone(Backbone):
         fourier_features: int. Fourier features per axis (32 upstream).
         dense_output: bool. Make the last layer bidirectional (tokens updated; see
             `token_model`).
+        coordinates: `(N, k)` coordinates of the points of a point-set input (required then,
+            refused otherwise).
         dtype: dtype policy.
 
     Call arguments:
@@ -121,16 +127,35 @@ class BiXTBackbone(Backbone):
                  qkv_bias=True, rv_bias=True, layer_scale_init=None, sa_dropout_rate=0.0,
                  ca_dropout_rate=0.0, sa_attention_dropout_rate=0.0,
                  ca_attention_dropout_rate=0.0, sa_drop_path_rate=0.0, ca_drop_path_rate=0.0,
-                 fourier_features=32, dense_output=False, dtype=None, **kwargs):
+                 fourier_features=32, dense_output=False, coordinates=None, dtype=None,
+                 **kwargs):
         volume_shape = tuple(int(v) for v in volume_shape)
         spatial_axes = len(volume_shape) - 1
-        if spatial_axes not in (2, 4):
-            raise ValueError("`volume_shape` must be (H, W, C_in) for images or (D, H, W, T, C_in) "
-                             f"for fMRI windows. Received: volume_shape={volume_shape}")
-        patch_size = _as_tuple(patch_size, spatial_axes, "patch_size")
-        patch_stride = patch_size if patch_stride is None else _as_tuple(
-            patch_stride, spatial_axes, "patch_stride")
-        grid = bixt_token_grid(volume_shape, patch_size, patch_stride, tokenizer)
+        if spatial_axes not in (1, 2, 4):
+            raise ValueError("`volume_shape` must be (H, W, C_in) for images, (D, H, W, T, C_in) "
+                             "for fMRI windows or (N, F) for point sets. "
+                             f"Received: volume_shape={volume_shape}")
+        is_points = spatial_axes == 1
+        if is_points:
+            if coordinates is None or np.ndim(coordinates) != 2 or \
+                    len(coordinates) != volume_shape[0]:
+                raise ValueError(f"A point-set input (N, F) = {volume_shape} needs `coordinates` "
+                                 f"of shape ({volume_shape[0]}, k). Received: coordinates of "
+                                 f"shape {None if coordinates is None else np.shape(coordinates)}")
+            if tokenizer != "linear":
+                raise ValueError("Point sets are tokenized by a Linear per point. "
+                                 f"Received: tokenizer={tokenizer!r}")
+            coordinates = [[float(c) for c in point] for point in coordinates]
+            patch_size = patch_stride = None
+            grid = (volume_shape[0],)
+        else:
+            if coordinates is not None:
+                raise ValueError("`coordinates` is for point-set inputs (N, F). "
+                                 f"Received: volume_shape={volume_shape}")
+            patch_size = _as_tuple(patch_size, spatial_axes, "patch_size")
+            patch_stride = patch_size if patch_stride is None else _as_tuple(
+                patch_stride, spatial_axes, "patch_stride")
+            grid = bixt_token_grid(volume_shape, patch_size, patch_stride, tokenizer)
         token_dim = token_dim or latent_dim
         attention_dim = attention_dim or latent_dim
         if depth < 1:
@@ -145,8 +170,12 @@ class BiXTBackbone(Backbone):
 
         # === Functional Model ===
         is_image = spatial_axes == 2
-        inputs = keras.Input(shape=volume_shape, name="image" if is_image else "fmri")
-        if tokenizer == "conv":
+        input_name = "points" if is_points else "image" if is_image else "fmri"
+        inputs = keras.Input(shape=volume_shape, name=input_name)
+        if is_points:
+            tokens = keras.layers.Dense(token_dim, dtype=dtype, name="patch_embed")(
+                inputs)  # (B, N, C_tok)
+        elif tokenizer == "conv":
             tokens = BiXTConvPatchEmbed(token_dim, patch_size[0], dtype=dtype,
                                         name="patch_embed")(inputs)  # (B, N, C_tok)
         elif is_image:
@@ -155,7 +184,8 @@ class BiXTBackbone(Backbone):
         else:
             tokens = BiXTPatchEmbed4D(token_dim, patch_size, patch_stride, dtype=dtype,
                                       name="patch_embed")(inputs)  # (B, N, C_tok)
-        tokens = BiXTFourierEncoding(grid, token_dim, fourier_features, dtype=dtype,
+        tokens = BiXTFourierEncoding(None if is_points else grid, token_dim, fourier_features,
+                                     coordinates=coordinates, dtype=dtype,
                                      name="fourier_pos_encode")(tokens)
         if ca_dropout_rate:
             tokens = keras.layers.Dropout(ca_dropout_rate, dtype=dtype, name="pos_drop_pat")(tokens)
@@ -201,14 +231,15 @@ class BiXTBackbone(Backbone):
         self.ca_drop_path_rate = ca_drop_path_rate
         self.fourier_features = fourier_features
         self.dense_output = dense_output
+        self.coordinates = coordinates
         self.token_grid = grid
         self.num_tokens = math.prod(grid)
 
     def __call__(self, inputs, *args, **kwargs):
         shape = getattr(inputs, "shape", None)
         if shape is not None and tuple(shape[1:]) != self.volume_shape:
-            kind = "images (B, H, W, C)" if len(self.volume_shape) == 3 else \
-                "fmri windows (B, D, H, W, T, C), channels-last"
+            kind = {2: "point sets (B, N, F)", 3: "images (B, H, W, C)"}.get(
+                len(self.volume_shape), "fmri windows (B, D, H, W, T, C), channels-last")
             raise ValueError(f"BiXTBackbone expects {kind} of shape (batch, "
                              f"{', '.join(str(v) for v in self.volume_shape)}); received rank "
                              f"{len(shape)} shape {tuple(shape)}. The token grid is fixed by the "
@@ -242,4 +273,5 @@ class BiXTBackbone(Backbone):
                 "ca_attention_dropout_rate": self.ca_attention_dropout_rate,
                 "sa_drop_path_rate": self.sa_drop_path_rate,
                 "ca_drop_path_rate": self.ca_drop_path_rate,
-                "fourier_features": self.fourier_features, "dense_output": self.dense_output}
+                "fourier_features": self.fourier_features, "dense_output": self.dense_output,
+                "coordinates": self.coordinates}

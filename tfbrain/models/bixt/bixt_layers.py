@@ -62,9 +62,37 @@ def fourier_position_table(grid_shape, num_features=32, temperature=10000.0) -> 
     return np.concatenate(blocks, axis=-1).astype(np.float32)
 
 
+def fourier_coordinate_table(coordinates, num_features=32, temperature=10000.0) -> np.ndarray:
+    """The same sine encoding for scattered points (e.g. parcel centroids in mm).
+
+    Each axis is mapped affinely from its [min, max] to [0.05, 0.95] · 2π (a margin so that the
+    extreme points do not meet on the lowest frequency), then encoded as in
+    `fourier_position_table`.
+
+    Args:
+        coordinates: `(N, k)` point coordinates.
+        num_features: int. Features per axis.
+        temperature: float.
+
+    Returns:
+        `(N, k * num_features)` float32.
+    """
+    coordinates = np.asarray(coordinates, np.float64)
+    if coordinates.ndim != 2:
+        raise ValueError("`coordinates` must be (N, k). "
+                         f"Received: coordinates of shape {coordinates.shape}")
+    dim_t = temperature ** (2 * np.floor(np.arange(num_features) / 2) / num_features)
+    low, high = coordinates.min(axis=0), coordinates.max(axis=0)
+    position = 0.05 + 0.9 * (coordinates - low) / np.where(high > low, high - low, 1.0)
+    angles = position[:, :, None] * 2 * np.pi / dim_t  # (N, k, F)
+    features = np.where(np.arange(num_features) % 2 == 0, np.sin(angles), np.cos(angles))
+    return features.reshape(len(coordinates), -1).astype(np.float32)
+
+
 @keras.saving.register_keras_serializable(package="tfbrain")
 class BiXTFourierEncoding(keras.layers.Layer):
-    """Adds the projected Fourier encoding of the token grid to row-major tokens.
+    """Adds the projected Fourier encoding of the token grid (row-major tokens) or of the tokens'
+    coordinates (point sets such as parcels) to the tokens.
 
     The fixed table (upstream buffer `fourier_pos_encode.pos`) is a non-trainable weight `pos`, so
     a converted checkpoint carries its own; it starts as `fourier_position_table(grid_shape)`.
@@ -75,24 +103,38 @@ class BiXTFourierEncoding(keras.layers.Layer):
         hidden_dim: int. Token width C.
         num_features: int. Fourier features per axis.
         temperature: float.
+        coordinates: `(N, k)` nested list, instead of `grid_shape`: one point per token (see
+            `fourier_coordinate_table`).
 
     Call arguments:
-        tokens: `(B, N, C)` with N = prod(grid_shape), row-major over the grid.
+        tokens: `(B, N, C)` with N = prod(grid_shape), row-major over the grid, or N points.
     """
 
-    def __init__(self, grid_shape, hidden_dim, num_features=32, temperature=10000.0, **kwargs):
+    def __init__(self, grid_shape=None, hidden_dim=None, num_features=32, temperature=10000.0,
+                 coordinates=None, **kwargs):
         super().__init__(**kwargs)
-        self.grid_shape = tuple(int(g) for g in grid_shape)
+        if (grid_shape is None) == (coordinates is None):
+            raise ValueError("Give exactly one of `grid_shape` and `coordinates`. Received: "
+                             f"grid_shape={grid_shape}, coordinates of "
+                             f"{None if coordinates is None else np.shape(coordinates)}")
+        self.grid_shape = None if grid_shape is None else tuple(int(g) for g in grid_shape)
+        self.coordinates = None if coordinates is None else [
+            [float(c) for c in point] for point in coordinates]
         self.hidden_dim = hidden_dim
         self.num_features = num_features
         self.temperature = temperature
 
     def build(self, tokens_shape):
-        num_tokens = math.prod(self.grid_shape)
+        if self.coordinates is not None:
+            num_tokens, where = len(self.coordinates), f"{len(self.coordinates)} coordinates"
+            table = fourier_coordinate_table(self.coordinates, self.num_features,
+                                             self.temperature)
+        else:
+            num_tokens = math.prod(self.grid_shape)
+            where = f"grid {self.grid_shape} has {num_tokens} cells"
+            table = fourier_position_table(self.grid_shape, self.num_features, self.temperature)
         if tokens_shape[1] is not None and tokens_shape[1] != num_tokens:
-            raise ValueError(f"{self.name}: grid {self.grid_shape} has {num_tokens} cells. "
-                             f"Received: tokens_shape={tokens_shape}")
-        table = fourier_position_table(self.grid_shape, self.num_features, self.temperature)
+            raise ValueError(f"{self.name}: {where}. Received: tokens_shape={tokens_shape}")
         self.pos = self.add_weight(shape=table.shape, name="pos", trainable=False,
                                    initializer=keras.initializers.Constant(table))
         self.token_projection = keras.layers.Dense(self.hidden_dim, dtype=self.dtype_policy,
@@ -109,7 +151,7 @@ class BiXTFourierEncoding(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "grid_shape": self.grid_shape,
                 "hidden_dim": self.hidden_dim, "num_features": self.num_features,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "coordinates": self.coordinates}
 
 
 def patch_padding(patch_size, patch_stride, name="patch_stride"):

@@ -207,3 +207,23 @@ class BiXTExportTest(TestCase):
         self.assertAllClose(served["logits"], model(fmri)["logits"], atol=1e-6)
         embedding = loaded.signatures["embed"](fmri=tf.constant(fmri))["embedding"]
         self.assertAllClose(embedding, model.embed(fmri), atol=1e-6)
+
+
+class BiXTPointSetTest(TestCase):
+    def test_parcel_tokens_with_centroid_encoding(self):
+        rng = np.random.default_rng(0)
+        centroids = rng.uniform(-60, 60, size=(10, 3))  # mm
+        kwargs = dict(volume_shape=(10, 6), coordinates=centroids.tolist(), num_latents=4,
+                      latent_dim=16, depth=2, sa_num_heads=2, ca_num_heads=2)
+        series = rng.normal(size=(2, 10, 6)).astype("float32")  # (B, parcels, frames)
+        backbone = self.run_backbone_test(BiXTBackbone, kwargs, series, (2, 4, 16))
+        self.assertEqual(backbone.input.name.split(":")[0], "points")
+        dense = BiXTBackbone(**kwargs, dense_output=True)  # parcel-wise outputs
+        self.assertEqual(tuple(dense.token_model()(series).shape), (2, 10, 16))
+        table = backbone.get_layer("fourier_pos_encode").pos.numpy()
+        self.assertEqual(table.shape, (10, 96))
+        self.assertGreater(np.abs(table[:, 0]).max(), 0.5)  # points differ in their encoding
+        with self.assertRaisesRegex(ValueError, "needs `coordinates` of shape \\(10, k\\)"):
+            BiXTBackbone(**{**kwargs, "coordinates": centroids[:5].tolist()})
+        with self.assertRaisesRegex(ValueError, "`coordinates` is for point-set inputs"):
+            BiXTBackbone(**TINY, coordinates=centroids.tolist())

@@ -6,7 +6,8 @@ import numpy as np
 from tests.test_case import TestCase, load_fixture_npz
 from tfbrain.models.bixt.bixt_layers import (BiXTBlock, BiXTConvPatchEmbed, BiXTCrossAttentionBlock,
                                              BiXTFourierEncoding, BiXTLatents, BiXTPatchEmbed2D,
-                                             BiXTPatchEmbed4D, fourier_position_table)
+                                             BiXTPatchEmbed4D, fourier_coordinate_table,
+                                             fourier_position_table)
 
 RNG = np.random.default_rng(0)
 
@@ -94,6 +95,19 @@ class LatentsAndEncodingTest(TestCase):
         self.assertAllClose(layer(tokens), expected, atol=1e-5)
         with self.assertRaisesRegex(ValueError, "has 12 cells"):
             BiXTFourierEncoding((3, 4), 5)(np.zeros((1, 10, 5), "float32"))
+
+    def test_coordinate_encoding(self):
+        points = [[-10.0, 0.0, 4.0], [10.0, 20.0, 4.0], [0.0, 5.0, 8.0]]
+        layer = self.run_layer_test(BiXTFourierEncoding, dict(hidden_dim=5, num_features=4,
+                                                              coordinates=points),
+                                    np.zeros((2, 3, 5), "float32"), (2, 3, 5))
+        table = layer.pos.numpy()  # (3 points, 3 axes x 4 features)
+        self.assertAllClose(table, fourier_coordinate_table(points, 4))
+        # axis 0 spans [-10, 10] -> [0.05, 0.95] * 2π; sin of the first frequency
+        self.assertAllClose(table[:, 0], np.sin(np.array([0.05, 0.95, 0.5]) * 2 * np.pi),
+                            atol=1e-6)
+        with self.assertRaisesRegex(ValueError, "exactly one of `grid_shape` and `coordinates`"):
+            BiXTFourierEncoding((3,), 5, coordinates=points)
 
 
 class BlockTest(TestCase):
