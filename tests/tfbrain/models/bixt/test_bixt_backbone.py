@@ -116,6 +116,24 @@ class BiXTBackboneTest(TestCase):
         fmri = fmri_batch()
         self.assertAllClose(restored(fmri), backbone(fmri))
 
+    def test_classifier_preset_round_trip(self):
+        model = FMRIClassifier(BiXTBackbone(**TINY), num_classes=3)
+        folder = self.get_temp_dir() + "/bixt_classifier"
+        model.save_to_preset(folder)
+        restored = FMRIClassifier.from_preset(folder)
+        fmri = fmri_batch()
+        self.assertAllClose(restored(fmri)["logits"], model(fmri)["logits"])
+        self.assertIsNotNone(restored.get_layer("head_norm"))
+
+    def test_mixed_precision(self):
+        reference = BiXTBackbone(**TINY, layer_scale_init=0.1)
+        fmri = fmri_batch()
+        for policy, atol in (("mixed_float16", 5e-3), ("mixed_bfloat16", 3e-2)):
+            backbone = BiXTBackbone(**TINY, layer_scale_init=0.1, dtype=policy)
+            backbone.set_weights(reference.get_weights())
+            out = np.asarray(backbone(fmri), "float32")
+            self.assertAllClose(out, reference(fmri), atol=atol, rtol=0)
+
     def test_registry(self):
         spec, variant = resolve_variant("bixt")
         self.assertEqual((spec.name, variant), ("bixt", "bixt_fmri_ti"))
