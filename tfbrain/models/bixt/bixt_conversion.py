@@ -125,10 +125,10 @@ def port_backbone(porter: StateDictPorter, backbone: BiXTBackbone) -> None:
         prefix = f"blocks.{i}.cross_attention_latents_token"
         cross = block.cross_attention
         sides = [("lat", cross.latent_side)]
-        if not cross.one_sided:
-            sides.append(("pat", cross.token_side))
+        if cross.one_sided:
+            porter.norm(cross.token_side["norm1"], f"{prefix}.norm1_pat")
         else:
-            porter.norm(cross.norm1_pat, f"{prefix}.norm1_pat")
+            sides.append(("pat", cross.token_side))
         for side, layers in sides:
             for norm in ("norm1", "norm2"):
                 porter.norm(layers[norm], f"{prefix}.{norm}_{side}")

@@ -443,14 +443,14 @@ class BiXTCrossAttentionBlock(keras.layers.Layer):
         self.attn.build(latents_shape, tokens_shape)
         self.latent_side = self._side("lat", self.latent_dim, self.latent_mlp_ratio, latents_shape)
         if self.one_sided:
-            # upstream builds `norm1_pat` for the one-sided block too (the tokens are normed
-            # before the reference/value projection), but no token MLP
-            self.norm1_pat = keras.layers.LayerNormalization(
+            # upstream's one-sided block still norms the tokens before their reference/value
+            # projection (`norm1_pat`), but has no token MLP
+            norm = keras.layers.LayerNormalization(
                 epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm1_pat")
-            self.norm1_pat.build(tokens_shape)
+            norm.build(tokens_shape)
+            self.token_side = {"norm1": norm}
         else:
             self.token_side = self._side("pat", self.token_dim, self.token_mlp_ratio, tokens_shape)
-            self.norm1_pat = self.token_side["norm1"]
         self.drop_path = DropPath(self.drop_path_rate, dtype=self.dtype_policy)
 
     def _residual(self, x, branch, scale, training):
@@ -465,7 +465,7 @@ class BiXTCrossAttentionBlock(keras.layers.Layer):
 
     def call(self, latents, tokens, training=False):
         normed_latents = self.latent_side["norm1"](latents)
-        normed_tokens = self.norm1_pat(tokens)
+        normed_tokens = self.token_side["norm1"](tokens)
         if self.one_sided:
             latent_update = self.attn(normed_latents, normed_tokens, training=training)
             return self._refine(latents, latent_update, self.latent_side, training)

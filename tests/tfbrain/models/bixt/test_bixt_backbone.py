@@ -61,8 +61,8 @@ class BiXTBackboneTest(TestCase):
         self.assertTrue(all(g is not None and np.all(np.isfinite(g)) for g in grads))
         with self.assertRaisesRegex(ValueError, "dense_output=True"):
             BiXTBackbone(**TINY).token_model()
-        self.assertFalse(hasattr(BiXTBackbone(**TINY).get_layer("blocks_1").cross_attention,
-                                 "token_side"))
+        one_sided = BiXTBackbone(**TINY).get_layer("blocks_1").cross_attention
+        self.assertEqual(list(one_sided.token_side), ["norm1"])
 
     def test_classifier_head_is_mean_norm_linear(self):
         backbone = BiXTBackbone(**TINY)
