@@ -10,6 +10,8 @@ Layouts: Linear (out, in) -> Dense (in, out); Conv2d (out, in, kh, kw) -> (kh, k
 1x1 `token_projection` Conv2d -> Dense; the `pos` buffer (k*32, Gh, Gw) -> (Gh, Gw, k*32).
 """
 
+import warnings
+
 import numpy as np
 
 from tfbrain.conversion.porter import StateDictPorter
@@ -57,8 +59,14 @@ def bixt_kwargs_from_upstream(upstream: dict, state_dict: dict | None = None) ->
     upstream = dict(upstream)
     unknown = sorted(set(upstream) - set(_RENAMES) - _KNOWN)
     if unknown:
-        raise ValueError(f"unknown upstream BiXT kwargs {unknown}; known: "
-                         f"{sorted(set(_RENAMES) | _KNOWN)}")
+        # timm passes extra keys around (pretrained_cfg, tokenizer kwargs); the state dict's
+        # shapes still catch any that would change the architecture
+        warnings.warn(f"ignoring upstream BiXT kwargs {unknown}; known: "
+                      f"{sorted(set(_RENAMES) | _KNOWN)}", stacklevel=2)
+    posenc = upstream.get("posenc_type_pat", "fourier2d_embadd_proj")
+    if posenc not in ("fourier2d_embadd_proj", "fourier2d_embadd_proj_dyn"):
+        raise ValueError("upstream BiXT has the position encodings 'fourier2d_embadd_proj' and "
+                         f"'fourier2d_embadd_proj_dyn'. Received: posenc_type_pat={posenc!r}")
     if upstream.get("global_pool", "avg") != "avg" or not upstream.get("fc_norm", True):
         raise ValueError("upstream BiXT supports global_pool='avg' with fc_norm=True only. "
                          f"Received: global_pool={upstream.get('global_pool')!r}, "

@@ -119,8 +119,10 @@ class BiXTConversionErrorsTest(TestCase):
             convert_bixt(self.state_dict, {**self.kwargs, "depth": 5})
 
     def test_upstream_kwargs(self):
-        with self.assertRaisesRegex(ValueError, "unknown upstream BiXT kwargs.*embed_dim'"):
+        with self.assertWarnsRegex(UserWarning, "ignoring upstream BiXT kwargs.*embed_dim'"):
             bixt_kwargs_from_upstream({**self.kwargs, "embed_dim": 64})
+        with self.assertRaisesRegex(ValueError, "posenc_type_pat='learned'"):
+            bixt_kwargs_from_upstream({**self.kwargs, "posenc_type_pat": "learned"})
         with self.assertRaisesRegex(ValueError, "global_pool='avg'"):
             bixt_kwargs_from_upstream({**self.kwargs, "global_pool": "token"})
         with self.assertRaisesRegex(ValueError, "unknown upstream embed_layer"):
