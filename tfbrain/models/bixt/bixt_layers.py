@@ -154,6 +154,75 @@ class BiXTFourierEncoding(keras.layers.Layer):
                 "temperature": self.temperature, "coordinates": self.coordinates}
 
 
+# Kernel = stride tokenizers multiply flattened patches by the conv kernel instead of running
+# the conv: the same numbers, and TensorFlow's CPU Conv3D filter gradient for kernel = stride is
+# ~2,500x slower than the matmul (10 s against 4 ms for a 48x48x24x4 window, measured).
+
+
+def _project_patches(patches, conv):
+    """`(..., k*C_in)` patches flattened in the kernel's (*k, C_in) order -> `(..., C)`."""
+    kernel = ops.cast(conv.kernel, patches.dtype)
+    kernel = ops.reshape(kernel, (-1, kernel.shape[-1]))  # (prod(k) * C_in, C)
+    return ops.matmul(patches, kernel) + ops.cast(conv.bias, patches.dtype)
+
+
+def _non_overlapping_patches_2d(image, conv, patch_size):
+    """Conv2D with kernel = stride = (ph, pw) on `(B, H, W, C_in)` -> `(B, H'W', C)`."""
+    _, h, w, c = image.shape
+    ph, pw = patch_size
+    x = ops.reshape(image, (-1, h // ph, ph, w // pw, pw, c))  # (B, H', ph, W', pw, C_in)
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, H', W', ph, pw, C_in)
+    x = ops.reshape(x, (-1, (h // ph) * (w // pw), ph * pw * c))  # (B, N, ph*pw*C_in)
+    return _project_patches(x, conv)
+
+
+def _non_overlapping_patches_4d(fmri, conv, patch_size):
+    """Per-tubelet Conv3D with kernel = stride on `(B, D, H, W, T, C_in)` -> `(B, N, C)`, the
+    pt frames of a tubelet folded into the channels frame-major (the Conv3D's (pt*C_in) axis)."""
+    _, d, h, w, t, c = fmri.shape
+    pd, ph, pw, pt = patch_size
+    grid = (d // pd, h // ph, w // pw, t // pt)
+    x = ops.reshape(fmri, (-1, pd, grid[1], ph, grid[2], pw, grid[3], pt, c))  # (B*D', pd, ...)
+    x = ops.transpose(x, (0, 2, 4, 6, 1, 3, 5, 7, 8))  # (B*D', H', W', T', pd, ph, pw, pt, C_in)
+    x = ops.reshape(x, (-1, math.prod(grid), pd * ph * pw * pt * c))  # (B, N, pd*ph*pw*pt*C_in)
+    return _project_patches(x, conv)
+
+
+def _overlapping_patches_3d(x, conv, patch_size, patch_stride):
+    """Conv3D with kernel p = r * s, stride s and padding (p - s) / 2 on `(B', D, H, W, C_in)`,
+    as one matmul on the non-overlapping s-cells of the padded input and a sum of r^3 shifted
+    slices: output cell g = sum over offsets o of W_o · cell(g + o). The same numbers as the conv,
+    without TensorFlow's CPU Conv3D filter gradient (86 s against 0.2 s with XLA, measured on a
+    48x48x24x4 window with 8^3 kernels at stride 4).
+
+    Returns `(B', D/s, H/s, W/s, C)`.
+    """
+    padding = [(p - s) // 2 for p, s in zip(patch_size, patch_stride)]
+    x = torch_conv_padding(x, padding, 3)  # (B', D + p - s, ...): whole s-cells
+    _, d, h, w, c = x.shape
+    sd, sh, sw = patch_stride
+    rd, rh, rw = (p // s for p, s in zip(patch_size, patch_stride))
+    cells = (d // sd, h // sh, w // sw)
+    grid = (cells[0] - rd + 1, cells[1] - rh + 1, cells[2] - rw + 1)
+    x = ops.reshape(x, (-1, sd, cells[1], sh, cells[2], sw, c))  # (B'*cells_d, sd, ...)
+    x = ops.transpose(x, (0, 2, 4, 1, 3, 5, 6))  # (B'*cells_d, cells_h, cells_w, sd, sh, sw, C_in)
+    x = ops.reshape(x, (-1, *cells, sd * sh * sw * c))  # (B', cells_d, cells_h, cells_w, s^3*C_in)
+    kernel = ops.cast(conv.kernel, x.dtype)  # (r*sd, r*sh, r*sw, C_in, C)
+    out_dim = kernel.shape[-1]
+    kernel = ops.reshape(kernel, (rd, sd, rh, sh, rw, sw, c, out_dim))
+    kernel = ops.transpose(kernel, (1, 3, 5, 6, 0, 2, 4, 7))  # (sd, sh, sw, C_in, rd, rh, rw, C)
+    kernel = ops.reshape(kernel, (sd * sh * sw * c, rd * rh * rw * out_dim))
+    y = ops.matmul(x, kernel)  # (B', cells_d, cells_h, cells_w, r^3 * C)
+    y = ops.reshape(y, (-1, *cells, rd, rh, rw, out_dim))  # (B', cells..., rd, rh, rw, C)
+    out = None
+    for od in range(rd):
+        for oh in range(rh):
+            for ow in range(rw):
+                term = y[:, od:od + grid[0], oh:oh + grid[1], ow:ow + grid[2], od, oh, ow]
+                out = term if out is None else out + term
+    return out + ops.cast(conv.bias, out.dtype)  # (B', D/s, H/s, W/s, C)
+
+
 def patch_padding(patch_size, patch_stride, name="patch_stride"):
     """Symmetric padding (p - s) / 2 per axis that makes a kernel-p stride-s conv give G / s cells
     (upstream's half- and quarter-stride tokenizers)."""
@@ -195,6 +264,8 @@ class BiXTPatchEmbed2D(keras.layers.Layer):
         self.proj.build((image_shape[0],) + padded + (image_shape[-1],))
 
     def call(self, image):
+        if self.patch_stride == self.patch_size:
+            return _non_overlapping_patches_2d(image, self.proj, self.patch_size)
         x = self.proj(torch_conv_padding(image, self.padding, 2))  # (B, H', W', C)
         return ops.reshape(x, (-1, x.shape[1] * x.shape[2], self.hidden_dim))  # (B, N, C)
 
@@ -314,10 +385,16 @@ class BiXTPatchEmbed4D(keras.layers.Layer):
     def call(self, fmri):
         _, d, h, w, t, c = fmri.shape
         pt = self.patch_size[3]
+        if self.patch_stride == self.patch_size:
+            return _non_overlapping_patches_4d(fmri, self.proj, self.patch_size)
         x = ops.reshape(fmri, (-1, d, h, w, t // pt, pt * c))  # (B, D, H, W, T', pt*C)
         x = ops.transpose(x, (0, 4, 1, 2, 3, 5))  # (B, T', D, H, W, pt*C)
         x = ops.reshape(x, (-1, d, h, w, pt * c))  # (B*T', D, H, W, pt*C)
-        x = self.proj(torch_conv_padding(x, self.padding, 3))  # (B*T', D', H', W', C)
+        if all(p % s == 0 for p, s in zip(self.patch_size[:3], self.patch_stride[:3])):
+            x = _overlapping_patches_3d(x, self.proj, self.patch_size[:3],
+                                        self.patch_stride[:3])  # (B*T', D', H', W', C)
+        else:
+            x = self.proj(torch_conv_padding(x, self.padding, 3))  # (B*T', D', H', W', C)
         grid = x.shape[1:4]
         x = ops.reshape(x, (-1, t // pt, *grid, self.hidden_dim))  # (B, T', D', H', W', C)
         x = ops.transpose(x, (0, 2, 3, 4, 1, 5))  # (B, D', H', W', T', C)

@@ -53,6 +53,18 @@ class TokenizerTest(TestCase):
         fmri = np.zeros((1, 8, 8, 8, 2, 1), "float32")
         self.run_layer_test(BiXTPatchEmbed4D, dict(hidden_dim=4, patch_size=(4, 4, 4, 1),
                                                    patch_stride=(2, 2, 2, 1)), fmri, (1, 128, 4))
+        # overlapping kernels (computed as shifted cell sums) equal a padded Conv3D
+        fmri = RNG.normal(size=(2, 8, 12, 8, 2, 2)).astype("float32")
+        for patch, stride in (((4, 4, 2, 1), (2, 2, 2, 1)), ((8, 4, 6, 1), (2, 4, 2, 1)),
+                              ((6, 6, 6, 1), (4, 4, 4, 1))):  # the last one runs the conv
+            layer = BiXTPatchEmbed4D(3, patch, stride)
+            tokens = np.asarray(layer(fmri))
+            padding = [(p - s) // 2 for p, s in zip(patch[:3], stride[:3])]
+            frames = np.moveaxis(fmri, 4, 1).reshape(4, 8, 12, 8, 2)  # (B*T, D, H, W, C)
+            frames = np.pad(frames, [(0, 0)] + [(p, p) for p in padding] + [(0, 0)])
+            conv = np.asarray(layer.proj(frames))  # (B*T, D', H', W', 3)
+            expected = np.moveaxis(conv.reshape((2, 2) + conv.shape[1:]), 1, 4).reshape(2, -1, 3)
+            self.assertAllClose(tokens, expected, atol=1e-5, rtol=1e-5)
         with self.assertRaisesRegex(ValueError, "patch_stride"):
             BiXTPatchEmbed4D(4, (4, 4, 4, 2), (2, 2, 2, 1))
         with self.assertRaisesRegex(ValueError, "patch_stride"):
