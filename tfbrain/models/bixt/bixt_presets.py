@@ -62,9 +62,14 @@ UPSTREAM_PARAMETER_COUNTS = {
 UPSTREAM_MODEL_ALIASES = {"bixt_ti_cnv_l64_p16": "bixt_conv_ti_l64_p16"}
 
 _WEIGHTS = "github.com/mrkshllr/BiXT/blob/main/MODEL_WEIGHTS.md"
-_HOW = ("download the {model} zip from " + _WEIGHTS + " yourself and unzip it, then run: "
-        "pip install 'tfbrain[torch]' && tfbrain convert bixt --state-dict <unzipped>/"
-        "model_best.pth.tar --upstream-kwargs <(echo '{{\"model_name\": \"{model}\"}}') "
+# The zips hold timm training checkpoints (`model_best.pth.tar`) that pickle an
+# argparse.Namespace, which torch.load(weights_only=True) refuses: re-save the state_dict first.
+_HOW = ("download the {model} zip from " + _WEIGHTS + " yourself and unzip it; re-save its "
+        "state_dict (a file you trust): python -c \"import torch, numpy as np; "
+        "sd = torch.load('model_best.pth.tar', map_location='cpu', weights_only=False)"
+        "['state_dict']; np.savez('{model}.npz', **{{k: v.numpy() for k, v in sd.items()}})\"; "
+        "then: echo '{{\"model_name\": \"{model}\"}}' > kwargs.json && tfbrain convert bixt "
+        "--state-dict {model}.npz --upstream-kwargs kwargs.json "
         "--out ~/.cache/tfbrain/presets/{name}")
 
 _RELEASED = {

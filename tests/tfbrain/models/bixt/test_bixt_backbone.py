@@ -212,6 +212,17 @@ class LinearCostTest(TestCase):
         self.assertGreater(full[1] / full[0], 3.5)
 
 
+class BiXTAttributionTest(TestCase):
+    def test_integrated_gradients(self):
+        from tfbrain.training.attribution import integrated_gradients
+
+        model = FMRIClassifier(create_backbone("bixt_tiny"), num_classes=2)
+        attribution = integrated_gradients(model, fmri_batch(1)[0], target=1, steps=4)
+        self.assertEqual(attribution.shape, TINY["volume_shape"])
+        self.assertTrue(np.all(np.isfinite(attribution)))
+        self.assertGreater(np.abs(attribution).sum(), 0)
+
+
 class BiXTExportTest(TestCase):
     @pytest.mark.large
     def test_saved_model_signatures_equal_in_process(self):
