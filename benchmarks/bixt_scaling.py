@@ -8,8 +8,9 @@ Three parts, each measurement in its own subprocess (so peak memory is per measu
      Full attention is skipped above `--full-attention-max` tokens (its N^2 scores stop fitting).
   2. the per-token slope (least squares of time and memory on N) and its R^2 for each series;
      BiXT should be linear (R^2 >= 0.99).
-  3. `window`: `bixt_fmri_ti` on a whole 96^3 x 20 window (34,560 tokens) beside SwiFT's
-     `swift_paper`, forward+backward step time, batch 1.
+  3. `window`: `bixt_fmri_ti` (34,560 tokens) and `bixt_fmri_d96_tubelet` (8,640 tokens, about
+     SwiFT's FLOPs) on a whole 96^3 x 20 window beside SwiFT's `swift_paper`, forward+backward
+     step time, batch 1.
 
 Peak memory: the accelerator's peak (`tf.config.experimental.get_memory_info`) when one is
 visible, else the process' peak RSS (which includes TensorFlow itself, ~0.6 GB). On the project's
@@ -61,7 +62,7 @@ def build(model, num_tokens, depth):
 def build_window(model):
     from tfbrain.models.registry import create_backbone
 
-    return create_backbone({"bixt": "bixt_fmri_ti", "swift": "swift_paper"}[model])
+    return create_backbone(model)
 
 
 def measure(spec: dict) -> dict:
@@ -178,7 +179,7 @@ def main() -> None:
     windows = []
     if "window" in args.parts:
         print("whole 96^3 x 20 window, batch 1")
-        for model in ("bixt", "swift"):
+        for model in ("bixt_fmri_ti", "bixt_fmri_d96_tubelet", "swift_paper"):
             result = run_child(dict(part="window", model=model, step="forward+backward",
                                     **common))
             if result:
@@ -210,8 +211,7 @@ def main() -> None:
     if windows:
         print("\n96^3 x 20 window, forward+backward, batch 1")
         for r in windows:
-            name = "bixt_fmri_ti (34,560 tokens)" if r["model"] == "bixt" else "swift_paper"
-            print(f"  {name:30} {r['median_s']:8.3f} s  peak {r['peak_gb']:.2f} GB "
+            print(f"  {r['model']:24} {r['median_s']:8.3f} s  peak {r['peak_gb']:.2f} GB "
                   f"({r['memory']})")
 
 

@@ -25,6 +25,11 @@ BIXT_VARIANTS = {
                                patch_stride=(8, 8, 8, 1), **_TI),
     # 8^3 x 4 space-time tubelets: 12^3 x 5 = 8,640 tokens.
     "bixt_fmri_ti_tubelet": dict(volume_shape=(96, 96, 96, 20, 1), patch_size=(8, 8, 8, 4), **_TI),
+    # SwiFT's budget: the same tubelets at width 96 (3 heads of 32): 27.9 forward GFLOPs and
+    # 3.9 M parameters, beside swift_paper's 24.3 GFLOPs and 4.3 M (TF profiler, batch 1).
+    "bixt_fmri_d96_tubelet": dict(volume_shape=(96, 96, 96, 20, 1), patch_size=(8, 8, 8, 4),
+                                  num_latents=64, latent_dim=96, depth=12, sa_num_heads=3,
+                                  ca_num_heads=3),
     # --- images (upstream ImageNet models; `volume_shape` is (H, W, C)) ---
     "bixt_ti_l64_p16": dict(volume_shape=(224, 224, 3), patch_size=16, **_TI),
     "bixt_ti_l64_p16s8": dict(volume_shape=(224, 224, 3), patch_size=16, patch_stride=8, **_TI),
