@@ -110,6 +110,9 @@ class BiXTBackbone(Backbone):
             `token_model`).
         coordinates: `(N, k)` coordinates of the points of a point-set input (required then,
             refused otherwise).
+        latent_norm: bool. LayerNorm the output latents (upstream `fc_norm=False`, `norm_lat`);
+            the task heads then put no LayerNorm after the pooling. Default False: upstream's
+            `fc_norm=True`, the head's LayerNorm after the pooling.
         dtype: dtype policy.
 
     Call arguments:
@@ -127,8 +130,8 @@ class BiXTBackbone(Backbone):
                  qkv_bias=True, rv_bias=True, layer_scale_init=None, sa_dropout_rate=0.0,
                  ca_dropout_rate=0.0, sa_attention_dropout_rate=0.0,
                  ca_attention_dropout_rate=0.0, sa_drop_path_rate=0.0, ca_drop_path_rate=0.0,
-                 fourier_features=32, dense_output=False, coordinates=None, dtype=None,
-                 **kwargs):
+                 fourier_features=32, dense_output=False, coordinates=None, latent_norm=False,
+                 dtype=None, **kwargs):
         volume_shape = tuple(int(v) for v in volume_shape)
         spatial_axes = len(volume_shape) - 1
         if spatial_axes not in (1, 2, 4):
@@ -202,8 +205,13 @@ class BiXTBackbone(Backbone):
                 latents = block(latents, tokens)  # (B, M, C_lat)
             else:
                 latents, tokens = block(latents, tokens)  # (B, M, C_lat), (B, N, C_tok)
+        if latent_norm:
+            latents = keras.layers.LayerNormalization(
+                epsilon=BIXT_LAYER_NORM_EPSILON, dtype=dtype, name="norm_lat")(latents)
         super().__init__(inputs=inputs, outputs=latents, dtype=dtype, **kwargs)
         self._final_tokens = tokens
+        if latent_norm:  # upstream fc_norm=False: the latents are normed, the pooled mean is not
+            self.head_norm_epsilon = None
 
         # === Config ===
         self.volume_shape = volume_shape
@@ -232,6 +240,7 @@ class BiXTBackbone(Backbone):
         self.fourier_features = fourier_features
         self.dense_output = dense_output
         self.coordinates = coordinates
+        self.latent_norm = latent_norm
         self.token_grid = grid
         self.num_tokens = math.prod(grid)
 
@@ -274,4 +283,4 @@ class BiXTBackbone(Backbone):
                 "sa_drop_path_rate": self.sa_drop_path_rate,
                 "ca_drop_path_rate": self.ca_drop_path_rate,
                 "fourier_features": self.fourier_features, "dense_output": self.dense_output,
-                "coordinates": self.coordinates}
+                "coordinates": self.coordinates, "latent_norm": self.latent_norm}

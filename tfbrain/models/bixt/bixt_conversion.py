@@ -10,6 +10,7 @@ Layouts: Linear (out, in) -> Dense (in, out); Conv2d (out, in, kh, kw) -> (kh, k
 1x1 `token_projection` Conv2d -> Dense; the `pos` buffer (k*32, Gh, Gw) -> (Gh, Gw, k*32).
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -67,10 +68,9 @@ def bixt_kwargs_from_upstream(upstream: dict, state_dict: dict | None = None) ->
     if posenc not in ("fourier2d_embadd_proj", "fourier2d_embadd_proj_dyn"):
         raise ValueError("upstream BiXT has the position encodings 'fourier2d_embadd_proj' and "
                          f"'fourier2d_embadd_proj_dyn'. Received: posenc_type_pat={posenc!r}")
-    if upstream.get("global_pool", "avg") != "avg" or not upstream.get("fc_norm", True):
-        raise ValueError("upstream BiXT supports global_pool='avg' with fc_norm=True only. "
-                         f"Received: global_pool={upstream.get('global_pool')!r}, "
-                         f"fc_norm={upstream.get('fc_norm')!r}")
+    if upstream.get("global_pool", "avg") != "avg":
+        raise ValueError("upstream BiXT supports global_pool='avg' only. "
+                         f"Received: global_pool={upstream.get('global_pool')!r}")
     name = upstream.get("model_name") or upstream.get("arch")
     if name:
         name = UPSTREAM_MODEL_ALIASES.get(name, name)
@@ -90,7 +90,9 @@ def bixt_kwargs_from_upstream(upstream: dict, state_dict: dict | None = None) ->
     kwargs["patch_size"] = patch
     embed_layer = upstream.get("embed_layer")
     if embed_layer is not None:
+        # a class, its name, a dotted path or its repr ("<class 'timm.layers....PatchEmbed'>")
         embed_layer = getattr(embed_layer, "__name__", embed_layer)
+        embed_layer = re.sub(r"['>]+$", "", str(embed_layer)).rsplit(".", 1)[-1]
         if embed_layer not in EMBED_LAYERS:
             raise ValueError(f"unknown upstream embed_layer {embed_layer!r}; known: "
                              f"{sorted(EMBED_LAYERS)}")
@@ -108,6 +110,8 @@ def bixt_kwargs_from_upstream(upstream: dict, state_dict: dict | None = None) ->
     if kwargs.get("tokenizer") == "conv":
         kwargs["patch_size"] = patch[0]
         kwargs.pop("patch_stride", None)
+    if not upstream.get("fc_norm", True):  # upstream norms the latents (`norm_lat`) instead
+        kwargs["latent_norm"] = True
     return kwargs
 
 
@@ -128,6 +132,8 @@ def port_backbone(porter: StateDictPorter, backbone: BiXTBackbone) -> None:
     porter.port(encode.token_projection.kernel, "fourier_pos_encode.token_projection.weight",
                 lambda a: a[:, :, 0, 0].T)  # 1x1 Conv2d (C, k*F, 1, 1) -> Dense (k*F, C)
     porter.port(encode.token_projection.bias, "fourier_pos_encode.token_projection.bias")
+    if backbone.latent_norm:
+        porter.norm(backbone.get_layer("norm_lat"), "norm_lat")
     for i in range(backbone.depth):
         block = backbone.get_layer(f"blocks_{i}")
         prefix = f"blocks.{i}.cross_attention_latents_token"
@@ -198,7 +204,8 @@ def convert_bixt(state_dict: dict, upstream_kwargs: dict, task: str | None = Non
     porter = StateDictPorter(state_dict, "BiXT", ignored_prefixes=ignored)
     port_backbone(porter, backbone)
     if model is not backbone:
-        porter.norm(model.get_layer("head_norm"), "fc_norm")
+        if not backbone.latent_norm:
+            porter.norm(model.get_layer("head_norm"), "fc_norm")
         porter.dense(model.get_layer("head"), "head")
     porter.finish()
     return model

@@ -59,7 +59,7 @@ class BiXTConversionParityTest(TestCase):
 
     def test_general_upstream_configurations(self):
         for name, batch in (("bixt_general_half_stride", 3), ("bixt_general_convtok_p4", 2),
-                            ("bixt_general_dyn_pos", 2)):
+                            ("bixt_general_dyn_pos", 2), ("bixt_general_latent_norm", 2)):
             state_dict, kwargs, arrays = load_general(name)
             model = convert_bixt(state_dict, kwargs)
             logits = model(arrays["in/x"].transpose(0, 2, 3, 1))["logits"]
@@ -123,7 +123,7 @@ class BiXTConversionErrorsTest(TestCase):
             bixt_kwargs_from_upstream({**self.kwargs, "embed_dim": 64})
         with self.assertRaisesRegex(ValueError, "posenc_type_pat='learned'"):
             bixt_kwargs_from_upstream({**self.kwargs, "posenc_type_pat": "learned"})
-        with self.assertRaisesRegex(ValueError, "global_pool='avg'"):
+        with self.assertRaisesRegex(ValueError, "global_pool='token'"):
             bixt_kwargs_from_upstream({**self.kwargs, "global_pool": "token"})
         with self.assertRaisesRegex(ValueError, "unknown upstream embed_layer"):
             bixt_kwargs_from_upstream({**self.kwargs, "embed_layer": "PatchEmbed3D"})
@@ -137,6 +137,10 @@ class BiXTConversionErrorsTest(TestCase):
         kwargs = bixt_kwargs_from_upstream({"img_size": 64, "patch_size": 16,
                                             "embed_layer": "PatchEmbedQuarterStride"})
         self.assertEqual((kwargs["volume_shape"], kwargs["patch_stride"]), ((64, 64, 3), (4, 4)))
+        for name in ("timm.layers.patch_embed.PatchEmbedHalfStride",
+                     "<class 'timm.layers.patch_embed.PatchEmbedHalfStride'>"):
+            kwargs = bixt_kwargs_from_upstream({"embed_layer": name})
+            self.assertEqual(kwargs["patch_stride"], (8, 8))
         # p16s8 and Ti/16 share weight shapes: the `pos` buffer's grid tells the stride
         pos = {"fourier_pos_encode.pos": np.zeros((64, 28, 28), "float32")}
         self.assertEqual(bixt_kwargs_from_upstream({}, pos)["patch_stride"], (8, 8))
