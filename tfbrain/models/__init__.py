@@ -10,4 +10,5 @@ from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor, 
 from tfbrain.models.swift import SwiFT, SwiFTBackbone
 from tfbrain.models.neurostorm import NeuroSTORM, NeuroSTORMBackbone, NeuroSTORMMAE
 from tfbrain.models.brainmt import BrainMT, BrainMTBackbone
+from tfbrain.models.bixt import BiXT, BiXTBackbone
 from tfbrain.models.registry import create_backbone, families, get_family

@@ -61,6 +61,11 @@ def task_inputs_like(backbone):
                        name=tensor.name.split(":")[0])
 
 
+def backbone_head_norm_epsilon(backbone):
+    """Epsilon of the LayerNorm the backbone's upstream head applies after pooling, or None."""
+    return getattr(backbone, "head_norm_epsilon", None)
+
+
 class Task(keras.Model):
     """Base of task models: a backbone plus a head, with a dict output.
 
@@ -173,8 +178,12 @@ class Task(keras.Model):
         return cls(**config)
 
 
-def linear_head(output_name, num_outputs, head, dropout_rate, width, pooling="token_mean"):
-    """SwiFT's clf_mlp heads: token mean -> [dropout] -> [Linear(4C) (v2)] -> Linear.
+def linear_head(output_name, num_outputs, head, dropout_rate, width, pooling="token_mean",
+                norm_epsilon=None):
+    """SwiFT's clf_mlp heads: token mean -> [LayerNorm] -> [dropout] -> [Linear(4C) (v2)] -> Linear.
+
+    The LayerNorm (`head_norm`) is there when `norm_epsilon` is set: backbones whose upstream head
+    normalises the pooled features (BiXT's `fc_norm`) say so with a `head_norm_epsilon` attribute.
 
     Returns a function `(B, ..., C) features -> {output_name: (B, num_outputs)}`.
     """
@@ -183,6 +192,8 @@ def linear_head(output_name, num_outputs, head, dropout_rate, width, pooling="to
 
     def outputs_fn(features):
         x = FeaturePool(pooling, name="pool")(features)
+        if norm_epsilon is not None:
+            x = keras.layers.LayerNormalization(epsilon=norm_epsilon, name="head_norm")(x)
         if dropout_rate:
             x = keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
         if head == "v2":
@@ -239,7 +250,8 @@ class FMRIClassifier(Task):
 
     def __init__(self, backbone, num_classes=1, head="v1", dropout_rate=0.0, **kwargs):
         outputs_fn = linear_head("logits", num_classes, head, dropout_rate,
-                                 backbone.output.shape[-1], backbone_pooling(backbone))
+                                 backbone.output.shape[-1], backbone_pooling(backbone),
+                                 backbone_head_norm_epsilon(backbone))
         super().__init__(backbone, outputs_fn, **kwargs)
         self.num_classes = num_classes
         self.head = head
@@ -292,7 +304,8 @@ class FMRIRegressor(Task):
 
     def __init__(self, backbone, num_outputs=1, head="v1", dropout_rate=0.0, **kwargs):
         outputs_fn = linear_head("prediction", num_outputs, head, dropout_rate,
-                                 backbone.output.shape[-1], backbone_pooling(backbone))
+                                 backbone.output.shape[-1], backbone_pooling(backbone),
+                                 backbone_head_norm_epsilon(backbone))
         super().__init__(backbone, outputs_fn, **kwargs)
         self.num_outputs = num_outputs
         self.head = head
