@@ -30,7 +30,7 @@ def read_state_dict(path) -> tuple[dict, dict]:
             raise ValueError(f"{path}: not a readable .npz of arrays ({err})") from err
     if suffix == ".safetensors":
         return read_safetensors(path), {}
-    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+    if suffix in (".ckpt", ".pt", ".pth", ".bin") or path.name.lower().endswith(".pth.tar"):
         return _read_torch(path)
     raise ValueError(f"{path}: unsupported weights format {suffix!r}; use .npz, .safetensors "
                      "or a PyTorch .ckpt/.pt (with `pip install tfbrain[torch]`)")
@@ -70,7 +70,12 @@ def _read_torch(path: pathlib.Path) -> tuple[dict, dict]:
         raise ImportError(f"reading {path} needs PyTorch: pip install 'tfbrain[torch]' "
                           "(or export the state_dict to .npz/.safetensors)") from err
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        import argparse
+
+        # timm training checkpoints (BiXT's `model_best.pth.tar`) pickle their argparse
+        # arguments beside the weights: allow that one plain class, nothing else
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for unreadable/unsafe pickles
         raise ValueError(f"{path}: could not load with torch.load(weights_only=True): {err}. "
                          "If the checkpoint pickles custom objects, re-save its state_dict.") from err
@@ -80,6 +85,9 @@ def _read_torch(path: pathlib.Path) -> tuple[dict, dict]:
         checkpoint = checkpoint["state_dict"]
     elif isinstance(checkpoint, dict) and "model_state_dict" in checkpoint:  # plain training loops
         checkpoint = checkpoint["model_state_dict"]
+    elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict_ema")
+                                                     or checkpoint.get("model"), dict):
+        checkpoint = checkpoint.get("model") or checkpoint["state_dict_ema"]  # timm
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a state_dict (mapping of tensors), got {type(checkpoint)}")
     state_dict = {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
