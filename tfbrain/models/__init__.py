@@ -10,3 +10,4 @@ from tfbrain.models.task import FMRIClassifier, FMRIContrastive, FMRIRegressor, 
 from tfbrain.models.swift import SwiFT, SwiFTBackbone
 from tfbrain.models.neurostorm import NeuroSTORM, NeuroSTORMBackbone, NeuroSTORMMAE
 from tfbrain.models.registry import create_backbone, families, get_family
+from tfbrain.models.flow_encoder import FlowEncoderBackbone, FlowCFMTask, FlowStage1Task

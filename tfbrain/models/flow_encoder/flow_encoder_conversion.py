@@ -14,6 +14,8 @@ import numpy as np
 from tfbrain.conversion.porter import StateDictPorter, split_by_prefix
 from tfbrain.layers.flow_matching import FlowMatching
 from tfbrain.layers.unet_1d import MatchaDecoder
+from tfbrain.models.flow_encoder.flow_encoder_backbone import (FlowEncoderBackbone,
+                                                               normalize_feature_dims)
 from tfbrain.models.registry import UpstreamInfo
 
 MEDARC_UPSTREAM = UpstreamInfo("MedARC-AI/algonauts2025", "77840e142e358d6eaee2d8ce30085c343da58e0b",
@@ -190,3 +192,83 @@ def convert_cfm(state_dict: dict, upstream_kwargs: dict, task: str | None = None
     port_matcha_decoder(porter, decoder)
     porter.finish()
     return cfm
+
+
+# === MedARC Stage 1 ===
+
+def medarc_kwargs_from_upstream(upstream: dict, num_frames=None) -> dict:
+    """`MultiSubjectConvLinearEncoder(**kwargs)` -> `FlowEncoderBackbone` kwargs."""
+    if upstream.get("hidden_model") is not None:
+        raise ValueError("MedARC `hidden_model` is not ported (null in every released config). "
+                         f"Received: hidden_model={upstream['hidden_model']!r}")
+    if int(upstream.get("decoder_kernel_size", 0)) > 1:
+        raise ValueError("MedARC `decoder_kernel_size > 1` raises upstream (ConvLinear passes "
+                         "`groups=` to DepthConv1d) and is not ported. Received: "
+                         f"decoder_kernel_size={upstream['decoder_kernel_size']}")
+    return {
+        "feature_dims": normalize_feature_dims(upstream.get("feat_dims", (2048,))),
+        "num_subjects": int(upstream.get("num_subjects", 4)),
+        "target_dim": int(upstream.get("target_dim", 1000)),
+        "embed_dim": int(upstream.get("embed_dim", 256)),
+        "num_frames": num_frames,
+        "global_pool": upstream.get("global_pool", "avg"),
+        "encoder_kernel_size": int(upstream.get("encoder_kernel_size", 33)),
+        "encoder_causal": bool(upstream.get("encoder_causal", True)),
+        "encoder_positive": bool(upstream.get("encoder_positive", False)),
+        "encoder_blockwise": bool(upstream.get("encoder_blockwise", False)),
+        "with_shared_decoder": bool(upstream.get("with_shared_decoder", True)),
+        "with_subject_decoders": bool(upstream.get("with_subject_decoders", True)),
+    }
+
+
+def port_medarc_stage1(porter: StateDictPorter, backbone: FlowEncoderBackbone) -> None:
+    """Queue every tensor of `MultiSubjectConvLinearEncoder` onto a `FlowEncoderBackbone`."""
+    for i in range(len(backbone.feature_dims)):
+        embed = backbone.get_layer(f"stream_embed_{i}")
+        if embed.conv is None:
+            porter.dense(embed.fc, f"feat_embeds.{i}")
+            continue
+        porter.dense(embed.fc, f"feat_embeds.{i}.fc")
+        porter.port(embed.conv.kernel, f"feat_embeds.{i}.conv.weight",
+                    lambda a: a[:, 0, :].T)  # (C or 1, 1, k) -> (k, C or 1)
+        porter.port(embed.conv.bias, f"feat_embeds.{i}.conv.bias")
+        key = f"feat_embeds.{i}.conv.attn_mask"
+        if porter.has(key):
+            taps = porter.take(key)
+            if not np.array_equal(np.asarray(taps, np.float32),
+                                  np.asarray(embed.conv.tap_mask(), np.float32)):
+                raise ValueError(f"{key} = {taps.tolist()} does not match encoder_causal="
+                                 f"{embed.conv.causal}; check the upstream kwargs.")
+    pool = backbone.get_layer("stream_pool")
+    if pool.mode == "linear":
+        porter.port(pool.weight, "feat_pool.weight")
+    decoders = backbone.get_layer("decoders")
+    if decoders.use_shared:
+        porter.dense(decoders.shared, "shared_decoder")
+    if decoders.use_subject:
+        porter.port(decoders.subject_kernel, "subject_decoders.0.weight", lambda _: np.stack(
+            [porter.take(f"subject_decoders.{s}.weight").T for s in range(backbone.num_subjects)]))
+        porter.port(decoders.subject_bias, "subject_decoders.0.bias", lambda _: np.stack(
+            [porter.take(f"subject_decoders.{s}.bias") for s in range(backbone.num_subjects)]))
+
+
+def convert_medarc_stage1(state_dict: dict, upstream_kwargs: dict, task: str | None = None,
+                          num_frames=None):
+    """MedARC `MultiSubjectConvLinearEncoder` state dict -> `FlowEncoderBackbone`, or a
+    `flow_stage1` task around it when `task="flow_stage1"`.
+
+    Args:
+        num_frames: window length of the Keras model (None: any T).
+    """
+    if task not in (None, "flow_stage1"):
+        raise ValueError("MedARC Stage 1 converts to a backbone or task='flow_stage1'. "
+                         f"Received: task={task!r}")
+    backbone = FlowEncoderBackbone(**medarc_kwargs_from_upstream(upstream_kwargs, num_frames))
+    porter = StateDictPorter(state_dict, "MedARC MultiSubjectConvLinearEncoder")
+    port_medarc_stage1(porter, backbone)
+    porter.finish()
+    if task is None:
+        return backbone
+    from tfbrain.models.flow_encoder.flow_encoder_tasks import FlowStage1Task
+
+    return FlowStage1Task(backbone)
