@@ -4,7 +4,8 @@ aligned per TR, as sharded TFRecords with a `dataset.json`; windows of T TRs via
 Layout of a dataset folder:
 
     shards/<run>.tfrecord.gz   one `tf.train.Example` per TR of one run, in frame order
-    dataset.json               streams (name, per-TR shape), subjects, V, runs, splits
+    dataset.json               streams (name, per-TR shape), subjects, V, runs, splits,
+                               parcellations (file + label per target column, if any)
 
 Record features (plain TensorFlow can read them):
 
@@ -109,10 +110,12 @@ def parcel_means(bold_path: str, parcellation_path: str) -> tuple[np.ndarray, np
     return (sums / counts).T.astype(np.float32), labels
 
 
-def _load_targets(source, run: str, subject: str) -> np.ndarray:
+def _load_targets(source, run: str, subject: str, parcellations: dict) -> np.ndarray:
     what = f"targets of {subject} in run {run}"
     if isinstance(source, (tuple, list)) and len(source) == 2:
-        series, _ = parcel_means(source[0], source[1])
+        series, labels = parcel_means(source[0], source[1])
+        parcellations[subject] = {"path": os.path.abspath(str(source[1])),
+                                  "labels": [int(v) for v in labels]}
         return series
     array = np.asarray(_load_array(source, what), np.float32)
     if array.ndim != 2:
@@ -162,13 +165,14 @@ def write_encoding_dataset(output_dir: str, runs: Sequence[EncodingRun],
     subjects = sorted({s for r in runs for s in r.targets})
     stream_names = list(runs[0].features)
     os.makedirs(os.path.join(output_dir, "shards"), exist_ok=True)
-    streams_info, num_targets, run_entries = {}, None, []
+    streams_info, num_targets, run_entries, parcellations = {}, None, [], {}
     suffix = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
     for run in runs:
         if list(run.features) != stream_names:
             raise BadInputError(run.run, f"streams {list(run.features)} differ from the first "
                                          f"run's {stream_names}")
-        targets = {s: _load_targets(src, run.run, s) for s, src in run.targets.items()}
+        targets = {s: _load_targets(src, run.run, s, parcellations)
+                   for s, src in run.targets.items()}
         length = min(t.shape[0] for t in targets.values())
         for subject, target in targets.items():
             if num_targets is None:
@@ -223,6 +227,9 @@ def write_encoding_dataset(output_dir: str, runs: Sequence[EncodingRun],
             "streams": [{"name": n, "shape": streams_info[n]} for n in stream_names],
             "subjects": subjects, "num_targets": int(num_targets), "tr": tr,
             "compression": compression, "runs": run_entries,
+            # per subject, when its targets came from a parcellation: the file and the label
+            # of each target column (to write r maps back as NIfTI)
+            "parcellations": parcellations,
             "splits": {k: list(v) for k, v in splits.items()}}
     write_json_atomic(os.path.join(output_dir, DATASET_JSON), info)
     return info

@@ -78,6 +78,11 @@ class EncodingDatasetTest(TestCase):
         with self.assertRaisesRegex(BadInputError, "NaN"):
             write_encoding_dataset(os.path.join(folder, "x"), [EncodingRun("r", {"a": nan},
                                                                            {"s": series})])
+        info = write_encoding_dataset(os.path.join(folder, "z"), [EncodingRun(
+            "r", features, {"s": (os.path.join(folder, "bold.nii.gz"),
+                                  os.path.join(folder, "parc.nii.gz"))})])
+        self.assertEqual(info["parcellations"]["s"]["labels"], [3, 7])
+        self.assertEqual(info["num_targets"], 2)
         with self.assertRaisesRegex(BadInputError, "parcellation|grid"):
             write_encoding_dataset(os.path.join(folder, "y"), [EncodingRun(
                 "r", features, {"s": (os.path.join(folder, "bold.nii.gz"),

@@ -115,6 +115,11 @@ class FlowCFMTaskTest(TestCase):
         one = head.sample(np.asarray(mean)[:, 1], 3, 1.0, noise=noise[1::2],
                           subject_index=np.array([1, 1]))
         self.assertAllClose(one, both[:, 1], atol=1e-5, rtol=0)
+        # export-style: temperature and a stateless seed as tensors in a tf.function
+        seed = tf.constant([7, 11], tf.int32)
+        graph = tf.function(lambda m, temperature, s: head.sample(m, 3, temperature, seed=s))
+        self.assertAllClose(graph(mean, tf.constant(0.5), seed),
+                            head.sample(mean, 3, 0.5, seed=seed), atol=1e-5, rtol=0)
         with self.assertRaisesRegex(ValueError, r"subject_index must be in \[0, 2\)"):
             head.sample(np.asarray(mean)[:, 0], 3, subject_index=np.array([0, 2]))
 
