@@ -408,8 +408,9 @@ class ConformerBlock(keras.layers.Layer):
         pair = ops.logical_and(valid[:, None, :, None], valid[:, None, None, :])  # (B,1,T,T)
         scores = ops.where(pair, scores, -np.finfo(np.float32).max)
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
+        weights = self.dropout(weights, training=training)  # upstream drops attention weights
         out = merge_heads(ops.matmul(weights, v))  # (B, T, h*d)
-        return self.dropout(self.to_out(out), training=training)
+        return self.to_out(out)
 
     def _convolution(self, x, training):
         h = self.conv_in(self.conv_norm(x))  # (B, T, 2·inner)

@@ -135,6 +135,8 @@ class FlowMatchingHead(keras.layers.Layer):
         self.cfm.build(shapes)
 
     def call(self, mean):
+        # Identity in the task's graph: it makes the head (and its weights) part of the
+        # functional model; the head's work happens in `loss` and `sample`.
         return mean
 
     # === Helpers ===
