@@ -18,6 +18,7 @@ Letters: B batch, S subjects, T frames, V parcels, Z latent width.
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from tfbrain.layers.flow_matching import FlowMatching
@@ -30,6 +31,21 @@ DEFAULT_ESTIMATOR = dict(channels=(256, 256), dropout_rate=0.05, head_dim=64, nu
                          num_mid_blocks=2, num_heads=2, activation="snakebeta",
                          down_block_type="transformer", mid_block_type="transformer",
                          up_block_type="transformer")
+
+
+def stream_specs(backbone) -> list:
+    """One named `tf.TensorSpec` per stream, `(None, T, D)` or `(None, T, L, D)`."""
+    return [tf.TensorSpec((None, backbone.num_frames) + ((d,) if isinstance(d, int) else tuple(d)),
+                          tf.float32, name=name)
+            for name, d in zip(backbone.stream_names, backbone.feature_dims)]
+
+
+def _serving_function(body, specs):
+    """A traced, non-jit `tf.function` over flat named tensors (SavedModel signatures take
+    flat keyword inputs; the names come from the specs)."""
+    fn = tf.function(body, input_signature=specs, jit_compile=False, autograph=False)
+    fn.get_concrete_function()
+    return fn
 
 
 def _check_backbone(backbone):
@@ -71,6 +87,15 @@ class FlowStage1Task(Task):
 
     def serving_outputs(self, outputs):
         return {"prediction": outputs["prediction"]}
+
+    def serving_functions(self) -> dict:
+        """{"predict_mean": streams -> {"prediction": (B, S, T, V)}} for the export."""
+        names = self.backbone.stream_names
+
+        def predict_mean(*streams):
+            return {"prediction": self.backbone(dict(zip(names, streams)), training=False)}
+
+        return {"predict_mean": _serving_function(predict_mean, stream_specs(self.backbone))}
 
     def task_metadata(self):
         return {"type": self.task_type, "output_key": self.output_key,
@@ -147,15 +172,22 @@ class FlowMatchingHead(keras.layers.Layer):
         return self.subject_embedding(subject_index)
 
     def check_subject_index(self, subject_index):
-        """Clear error for a concrete subject index outside [0, S)."""
+        """Clear error for a subject index outside [0, S) (eager: ValueError; in a graph,
+        e.g. a served signature: an assertion that fails with the same message)."""
+        message = (f"subject_index must be in [0, {self.num_subjects}) (the model has "
+                   f"{self.num_subjects} subjects)")
+        if tf.is_symbolic_tensor(subject_index):
+            index = tf.cast(subject_index, tf.int32)
+            return [tf.debugging.assert_non_negative(index, message=message),
+                    tf.debugging.assert_less(index, self.num_subjects, message=message)]
         try:
             values = np.asarray(subject_index)
         except (TypeError, ValueError, NotImplementedError):
-            return
+            return None
         if values.dtype.kind in "iu" and values.size and (values.min() < 0
                                                            or values.max() >= self.num_subjects):
-            raise ValueError(f"subject_index must be in [0, {self.num_subjects}) (the model "
-                             f"has {self.num_subjects} subjects). Received: {values.tolist()}")
+            raise ValueError(f"{message}. Received: {values.tolist()}")
+        return None
 
     def _flatten_subjects(self, x):
         """`(B, S, T, C)` -> `(B·S, T, C)` and the matching subject index `(B·S,)`."""
@@ -215,8 +247,10 @@ class FlowMatchingHead(keras.layers.Layer):
             if len(mean.shape) != 3:
                 raise ValueError(f"with subject_index, `mean` must be (B, T, {self.target_dim})."
                                  f" Received: {tuple(mean.shape)}")
-            self.check_subject_index(subject_index)
-            mu, index = self.proj_in(mean), ops.cast(subject_index, "int32")
+            checks = self.check_subject_index(subject_index)
+            with tf.control_dependencies(checks or []):
+                index = tf.identity(tf.cast(subject_index, tf.int32))
+            mu = self.proj_in(mean)
         latent = self.cfm.sample(mu, None, num_steps, temperature,
                                  self._subject_vectors(index), noise=noise, seed=seed)
         samples = self.proj_out(latent)  # (B·S | B, T, V)
@@ -308,6 +342,39 @@ class FlowCFMTask(Task):
 
     def serving_outputs(self, outputs):
         return {"mean": outputs["mean"]}
+
+    def serving_functions(self, num_steps=None) -> dict:
+        """Traced, non-jit functions for the export (fixed step count, stateless draws):
+
+          predict_mean      streams -> {"mean": (B, S, T, V)}
+          sample            streams, temperature (), seed (2,) int32 -> {"samples": (B, S, T, V)}
+          sample_from_mean  mean (B, T, V), subject_index (B,) int32, temperature, seed
+                            -> {"samples": (B, T, V)}
+        """
+        num_steps = int(num_steps or self.num_steps)
+        names, head = self.backbone.stream_names, self.flow_head
+        scalars = [tf.TensorSpec((), tf.float32, name="temperature"),
+                   tf.TensorSpec((2,), tf.int32, name="seed")]
+
+        def predict_mean(*streams):
+            return {"mean": self.backbone(dict(zip(names, streams)), training=False)}
+
+        def sample(*args):
+            *streams, temperature, seed = args
+            mean = self.backbone(dict(zip(names, streams)), training=False)
+            return {"samples": head.sample(mean, num_steps, temperature, seed=seed)}
+
+        def sample_from_mean(mean, subject_index, temperature, seed):
+            return {"samples": head.sample(mean, num_steps, temperature, seed=seed,
+                                           subject_index=subject_index)}
+
+        mean_specs = [tf.TensorSpec((None, self.backbone.num_frames, self.backbone.target_dim),
+                                    tf.float32, name="mean"),
+                      tf.TensorSpec((None,), tf.int32, name="subject_index")]
+        specs = stream_specs(self.backbone)
+        return {"predict_mean": _serving_function(predict_mean, specs),
+                "sample": _serving_function(sample, specs + scalars),
+                "sample_from_mean": _serving_function(sample_from_mean, mean_specs + scalars)}
 
     def task_metadata(self):
         return {"type": self.task_type, "output_key": self.output_key,
