@@ -16,7 +16,7 @@
 What it shows: parcels in visual cortex follow the block design (any visual category
 against the fixation gaps), which is what a 6-category linear encoding model captures
 from one run. What it does not show: category selectivity that would survive a proper
-test (one run, 156 TRs, 28 held-out frames — the r values are noisy), nor anything about
+test (one run, 156 TRs, 32 held-out frames — the r values are noisy), nor anything about
 Stage 2, which needs many subjects and runs.
 """
 
