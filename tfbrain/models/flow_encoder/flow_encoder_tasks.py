@@ -23,7 +23,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfbrain.layers.flow_matching import FlowMatching
-from tfbrain.metrics.encoding import PearsonR
+from tfbrain.metrics.encoding import PearsonR, encoding_pearson
 from tfbrain.models.flow_encoder.flow_encoder_backbone import FlowEncoderBackbone
 from tfbrain.models.registry import register_task
 from tfbrain.models.task import Task
@@ -352,6 +352,30 @@ class FlowCFMTask(Task):
         return self.flow_head.sample(
             self.predict_mean(inputs), num_steps or self.num_steps,
             self.temperature if temperature is None else temperature, seed=seed, noise=noise)
+
+    def encoding_report(self, inputs, targets, num_samples=4, seed=0, num_steps=None,
+                        temperature=None) -> dict:
+        """Pearson r of Stage 1's mean and of Stage 2's samples against `targets`.
+
+        Args:
+            inputs: streams of N windows. targets: `(N, S, T, V)`.
+            num_samples: K samples per window for the mean-of-K score.
+
+        Returns:
+            {"mean_anchor" | "one_sample" | "mean_of_samples": {"map": (S, V) r,
+            "mean": float}} (time = every frame of the N windows, as upstream scores).
+        """
+        mean = np.asarray(self.predict_mean(inputs))
+        samples = [np.asarray(self.flow_head.sample(
+            mean, num_steps or self.num_steps,
+            self.temperature if temperature is None else temperature, seed=int(seed) + k))
+            for k in range(num_samples)]
+        report = {}
+        for name, prediction in (("mean_anchor", mean), ("one_sample", samples[0]),
+                                 ("mean_of_samples", np.mean(samples, axis=0))):
+            rmap, score = encoding_pearson(np.asarray(targets), prediction)
+            report[name] = {"map": rmap, "mean": score}
+        return report
 
     def serving_outputs(self, outputs):
         return {"mean": outputs["mean"]}

@@ -123,6 +123,12 @@ class FlowCFMTaskTest(TestCase):
         with self.assertRaisesRegex(ValueError, r"subject_index must be in \[0, 2\)"):
             head.sample(np.asarray(mean)[:, 0], 3, subject_index=np.array([0, 2]))
 
+        report = task.encoding_report(streams, targets, num_samples=2)
+        self.assertEqual(set(report), {"mean_anchor", "one_sample", "mean_of_samples"})
+        self.assertEqual(report["one_sample"]["map"].shape, (2, 12))
+        _, anchor_r = encoding_pearson(targets, np.asarray(mean))
+        self.assertAllClose(report["mean_anchor"]["mean"], anchor_r, atol=1e-6, rtol=0)
+
         config = json.loads(json.dumps(keras.saving.serialize_keras_object(task)))
         restored = keras.saving.deserialize_keras_object(config)
         self.assertEqual(restored.flow_head.get_config(), head.get_config())
