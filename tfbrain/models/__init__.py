@@ -12,3 +12,4 @@ from tfbrain.models.neurostorm import NeuroSTORM, NeuroSTORMBackbone, NeuroSTORM
 from tfbrain.models.brainmt import BrainMT, BrainMTBackbone
 from tfbrain.models.bixt import BiXT, BiXTBackbone
 from tfbrain.models.registry import create_backbone, families, get_family
+from tfbrain.models.flow_encoder import FlowEncoderBackbone, FlowCFMTask, FlowStage1Task

@@ -1,0 +1,1 @@
+"""Family-free metrics that models (Task defaults) and training both use."""
