@@ -138,6 +138,23 @@ def _progress(total: int, enabled: bool, what: str):
     return tqdm(total=total, desc=what, unit="window")
 
 
+def _original_mean_epi(run_info: dict, shape) -> np.ndarray | None:
+    """The temporal mean of the run's source NIfTI, if it is still there and fits `shape`."""
+    import os
+
+    import nibabel as nib
+
+    source = run_info.get("source")
+    if not source or not os.path.exists(source):
+        return None
+    image = nib.load(source)
+    if tuple(image.shape[:3]) != tuple(shape):
+        return None
+    data = image.dataobj
+    frames = range(0, image.shape[3], max(1, image.shape[3] // 20))  # 20 frames are plenty
+    return np.mean([np.asarray(data[..., t], np.float32) for t in frames], axis=0)
+
+
 def write_attribution(model, dataset_dir: str, run: str, out_path: str, window: int,
                       stride: int | None = None, steps: int = 32, target=None,
                       class_names: list | None = None, progress: bool = False) -> dict:
@@ -166,10 +183,18 @@ def write_attribution(model, dataset_dir: str, run: str, out_path: str, window: 
     from tfbrain.training.figures import attribution_figure, have_matplotlib
 
     if have_matplotlib():
+        # drawn in the original space over the run's own mean EPI (the stored frames may be
+        # normalised voxel by voxel, which leaves no anatomy to show)
+        original = np.asarray(image.dataobj, np.float32)
+        original = original[..., None] if original.ndim == 3 else original
+        underlay = _original_mean_epi(tfrecords_tools.run_info(dataset_dir, details["run"]),
+                                      original.shape[:3])
+        if underlay is None:
+            original, underlay = stack, mean_epi
         stem = out_path.replace(".nii.gz", "").replace(".nii", "")
         for k, name in enumerate(details["targets"]):
             suffix = "" if len(details["targets"]) == 1 else f"_{name}"
-            figures.append(attribution_figure(stack[..., k], mean_epi, f"{stem}{suffix}.png",
+            figures.append(attribution_figure(original[..., k], underlay, f"{stem}{suffix}.png",
                                               title=f"{details['run']}: {name}"))
     magnitude = np.abs(grid if grid.ndim == 3 else grid.sum(axis=-1))
     top = magnitude >= np.quantile(magnitude, 0.99)

@@ -144,8 +144,101 @@ class WindowDatasets:
         batch = next(iter(self.train(0).take(1)))
         return batch if not isinstance(batch, tuple) else batch[0]
 
+    def backbone_overrides(self) -> dict:
+        """What the "fmri_window" families take from the data: the window shape."""
+        return {"volume_shape": tuple(self.input_shape)}
 
-DATASETS_BY_INPUT_KIND = {"fmri_window": WindowDatasets}
+
+class EncodingTargets:
+    """Targets of an encoding dataset: per-subject parcel responses, used as they are."""
+
+    kind = "value"
+
+    def __init__(self, info: dict):
+        self.subjects = list(info["subjects"])
+        self.num_targets = int(info["num_targets"])
+        self.class_names = []
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_targets
+
+    def metadata(self) -> dict:
+        return {"target_kind": self.kind, "subjects": self.subjects,
+                "num_targets": self.num_targets}
+
+
+class EncodingDatasets:
+    """The "feature_streams" input kind: windows of `[data] window` TRs of stimulus feature
+    streams with every subject's parcel responses, from a folder written by
+    `tfrecords_tools.encoding` (splits by run).
+
+    Batches are `(streams dict, {output_key: (B, S, T, V)}, {output_key: (B, S, 1, 1)})`: a
+    subject without data in a run (`valid` 0) has zero weight.
+    """
+
+    def __init__(self, config, task_class):
+        from tfrecords_tools.encoding import load_encoding_info, num_encoding_windows
+
+        self.config = config
+        self.task_class = task_class
+        data = config.data
+        self.info = load_encoding_info(data.dataset_dir)
+        known = sorted(self.info["splits"])
+        for field in ("train_split", "val_split", "test_split"):
+            name = getattr(data, field)
+            if name and name not in known:
+                raise ValueError(f"[data] {field} = {name!r} is not a split of "
+                                 f"{data.dataset_dir}; known: {known}")
+        self.targets = EncodingTargets(self.info)
+        self.input_shape = None
+        self.windows_per_epoch = num_encoding_windows(data.dataset_dir, data.train_split,
+                                                      window=data.window, stride=data.stride)
+        self.steps_per_epoch = (config.optim.steps_per_epoch
+                                or self.windows_per_epoch // data.batch_size)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{data.dataset_dir}: the {data.train_split!r} split has "
+                             f"{self.windows_per_epoch} windows of {data.window} TRs, fewer than "
+                             f"one batch of {data.batch_size}")
+
+    def backbone_overrides(self) -> dict:
+        """What the "feature_streams" families take from the data: stream names and widths,
+        subjects, parcels and the window length."""
+        return {"stream_names": [s["name"] for s in self.info["streams"]],
+                "feature_dims": [s["shape"][0] if len(s["shape"]) == 1 else list(s["shape"])
+                                 for s in self.info["streams"]],
+                "num_subjects": len(self.info["subjects"]),
+                "target_dim": int(self.info["num_targets"]),
+                "num_frames": self.config.data.window}
+
+    def train(self, epoch: int, skip_batches: int = 0):
+        from tfrecords_tools.encoding import encoding_windows
+
+        data = self.config.data
+        key = self.task_class.output_key
+        ds = encoding_windows(data.dataset_dir, data.train_split, window=data.window,
+                              stride=data.stride, batch_size=data.batch_size, shuffle=True,
+                              seed=self.config.run.seed * 100_003 + epoch).repeat()
+        ds = ds.map(lambda streams, targets, valid: (
+            streams, {key: targets}, {key: valid[:, :, None, None]}))
+        return ds.take(self.steps_per_epoch).skip(skip_batches).prefetch(2)
+
+    def evaluation(self, split: str, pairs: bool = False):
+        """Unshuffled `(streams, targets, valid)` batches of a split, or None if empty."""
+        from tfrecords_tools.encoding import encoding_windows, num_encoding_windows
+
+        data = self.config.data
+        if not split or not num_encoding_windows(data.dataset_dir, split, window=data.window,
+                                                 stride=data.eval_stride):
+            return None
+        return encoding_windows(data.dataset_dir, split, window=data.window,
+                                stride=data.eval_stride).batch(data.eval_batch_size)
+
+    def example_inputs(self):
+        return next(iter(self.train(0).take(1)))[0]
+
+
+DATASETS_BY_INPUT_KIND = {"fmri_window": WindowDatasets, "feature_streams": EncodingDatasets}
 
 
 def make_datasets(config, task_class, input_kind: str):

@@ -7,6 +7,8 @@
   "view_pair_loss"       NT-Xent loss over pairs of validation windows -> {"loss"}
   "model_loss"           the model's own loss (`compute_loss`) over validation windows ->
                          {"loss"}
+  "encoding"             parcel-wise Pearson r per subject of predicted responses (the
+                         Algonauts score) -> {"pearson_r", "loss", per-subject r, the r map}
 
 A subject-level report is `{"window": {...}, "subject": {...}}`; a loss report is
 `{"loss": float}`. `ValidationMetrics` puts either into the epoch logs (`val_subject_auroc`,
@@ -131,11 +133,39 @@ def evaluate_model_loss(model, datasets, split, jit_compile, num_resamples=0):
     return {"loss": float(np.average(values, weights=counts))} if values else None
 
 
+def evaluate_encoding(model, datasets, split, jit_compile, num_resamples=0):
+    """Voxel-wise (parcel-wise) Pearson r per subject of the Task's mean prediction, and its
+    MSE; a Task with `encoding_report` (the flow-matching Stage 2) adds its samples' r."""
+    from tfbrain.metrics.encoding import encoding_pearson
+
+    dataset = datasets.evaluation(split)
+    if dataset is None:
+        return None
+    predictions, targets, streams_seen = [], [], []
+    for streams, target, _ in dataset:
+        predictions.append(np.asarray(model(streams, training=False)[model.output_key]))
+        targets.append(target.numpy())
+        streams_seen.append(streams)
+    predictions, targets = np.concatenate(predictions), np.concatenate(targets)
+    r_map, r_mean = encoding_pearson(targets, predictions)
+    report = {"pearson_r": float(r_mean), "loss": float(np.mean((predictions - targets) ** 2)),
+              "pearson_r_per_subject": {s: float(np.mean(r_map[i]))
+                                        for i, s in enumerate(datasets.targets.subjects)},
+              "pearson_r_map": r_map.tolist()}
+    if hasattr(model, "encoding_report"):
+        stacked = {k: np.concatenate([np.asarray(s[k]) for s in streams_seen])
+                   for k in streams_seen[0]}
+        for name, value in model.encoding_report(stacked, targets).items():
+            report[f"pearson_r_{name}"] = float(value["mean"])  # mean_anchor, one_sample, ...
+    return report
+
+
 EVALUATORS = {
     "subject_logits": evaluate_subject_logits,
     "subject_predictions": evaluate_subject_predictions,
     "view_pair_loss": evaluate_view_pair_loss,
     "model_loss": evaluate_model_loss,
+    "encoding": evaluate_encoding,
 }
 
 

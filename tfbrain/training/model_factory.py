@@ -21,10 +21,10 @@ def build_task_model(config, datasets) -> keras.Model:
         backbone = loaded.backbone if isinstance(loaded, Task) else loaded
     else:
         family, variant = config.model_family_and_variant()
-        overrides = dict(config.model.backbone)
-        spec = get_family(family)
-        if spec.input_kind == "fmri_window" and "volume_shape" not in overrides:
-            overrides["volume_shape"] = tuple(datasets.input_shape)
+        # what the data fixes (window shape; streams, subjects, parcels), then the user's
+        # explicit overrides
+        overrides = {**datasets.backbone_overrides(), **config.model.backbone}
+        get_family(family)
         backbone = create_backbone(family, variant, **overrides)
     spec = family_of_backbone(backbone)
     check_inputs(backbone, datasets, spec.input_kind)

@@ -21,7 +21,7 @@ from tfbrain.models.registry import (create_backbone, families, get_family, get_
                                      register_family, unregister_family)
 
 # Families that must be registered; dropping a registration fails `test_registered`.
-EXPECTED_FAMILIES = {"swift", "neurostorm", "brainmt", "bixt"}
+EXPECTED_FAMILIES = {"swift", "neurostorm", "brainmt", "bixt", "flow_encoder"}
 # Layers allowed to compute in float32 under a mixed policy (none yet; e.g. a scan that
 # must accumulate in float32 would be listed here by class name).
 FLOAT32_LAYERS = set()
