@@ -24,6 +24,6 @@ shot() {  # name, fragment
     --screenshot="$OUT/$1.png" "http://127.0.0.1:$PORT/$2" >/dev/null 2>&1
   echo "$OUT/$1.png"
 }
-shot scalars "?darkMode=false#timeseries"
+shot scalars "?darkMode=false#scalars"
 shot images "?darkMode=false#images"
 shot projector "?darkMode=false#projector"

@@ -156,22 +156,28 @@ def write_embeddings(model, datasets, log_dir, split=None, max_windows: int = 50
                 rows.append((sub.decode(), f"{lab:g}"))
         if len(rows) >= max_windows:
             break
-    # the projector plugin reads projector_config.pbtxt in the log root and in run folders
-    # that hold event files; the root is always scanned
+    # The Projector tab opens on the first run (usually `train`) and reads only files inside
+    # that run's folder: write the embeddings, their subject/label columns and the config
+    # into the log root and into every run folder (a few hundred kB each).
     projector_dir = str(log_dir)
     os.makedirs(projector_dir, exist_ok=True)
     matrix = np.concatenate(vectors)[:max_windows]
-    with open(os.path.join(projector_dir, "metadata.tsv"), "w") as f:
-        f.write("subject\tlabel\n")
-        for subject, label in rows[:len(matrix)]:
-            f.write(f"{subject}\t{label}\n")
-    checkpoint = tf.train.Checkpoint(embedding=tf.Variable(matrix))
-    checkpoint.save(os.path.join(projector_dir, "embedding.ckpt"))
-    projector_config = projector.ProjectorConfig()
-    embedding = projector_config.embeddings.add()
-    embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
-    embedding.metadata_path = "metadata.tsv"
-    projector.visualize_embeddings(projector_dir, projector_config)
+    targets = [projector_dir] + [os.path.join(projector_dir, run)
+                                 for run in sorted(os.listdir(projector_dir))
+                                 if os.path.isdir(os.path.join(projector_dir, run))
+                                 and not run.startswith(".")]
+    for folder in targets:
+        with open(os.path.join(folder, "metadata.tsv"), "w") as f:
+            f.write("subject\tlabel\n")
+            for subject, label in rows[:len(matrix)]:
+                f.write(f"{subject}\t{label}\n")
+        checkpoint = tf.train.Checkpoint(embedding=tf.Variable(matrix))
+        checkpoint.save(os.path.join(folder, "embedding.ckpt"))  # found by the plugin
+        projector_config = projector.ProjectorConfig()
+        embedding = projector_config.embeddings.add()
+        embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+        embedding.metadata_path = "metadata.tsv"
+        projector.visualize_embeddings(folder, projector_config)
     return projector_dir
 
 

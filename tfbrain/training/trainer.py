@@ -139,11 +139,12 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
             metrics_lib.write_report(out / "report.json", report)
         summary["report"] = report
         if config.tensorboard.enabled and chief:
-            for split in (config.data.test_split,):
-                if split in report:
-                    write_split_metrics(report[split], work_dir / "tensorboard", "test", total_steps)
+            last_epoch = config.optim.epochs - 1  # Keras' epoch scalars use the epoch as step
+            if config.data.test_split in report:
+                write_split_metrics(report[config.data.test_split], work_dir / "tensorboard",
+                                    "test", last_epoch)
             if config.tensorboard.images:
-                write_attribution_image(best, datasets, work_dir / "tensorboard", total_steps)
+                write_attribution_image(best, datasets, work_dir / "tensorboard", last_epoch)
             if config.tensorboard.embeddings:
                 write_embeddings(model, datasets, work_dir / "tensorboard")
         return summary
