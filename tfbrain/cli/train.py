@@ -14,7 +14,7 @@ def print_summary(summary: dict) -> None:
     from tfbrain.training.metrics import format_report
 
     print(f"\nrun folder:      {summary['output_dir']}")
-    print(f"best model:      {summary['best']}  (by {summary.get('monitor', ['?'])[0]})")
+    print(f"best model:      {summary['best']}  (by {summary.get('monitor', '?')})")
     print(f"tensorboard:     tensorboard --logdir {summary['tensorboard']} --host 127.0.0.1")
     for split, report in (summary.get("report") or {}).items():
         if isinstance(report, dict):
