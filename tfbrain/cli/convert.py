@@ -13,8 +13,8 @@ import pathlib
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("family", help="model family with a converter (`tfbrain presets` lists "
-                                       "them)")
+    parser.add_argument("family", help="model family (or a named converter of one, e.g. "
+                                       "matcha_decoder); `tfbrain presets` lists them")
     parser.add_argument("--state-dict", required=True, type=pathlib.Path, action="append",
                         help="upstream weights: .npz, .safetensors or .ckpt/.pt; repeat it for "
                              "a model saved in several files (merged; a key in two is an error)")
@@ -52,13 +52,11 @@ def load_upstream_kwargs(path: pathlib.Path | None, hparams: dict, weights: path
 def convert(family: str, state_dict_path, out_dir, upstream_kwargs_path=None, task=None):
     """Convert and write the preset; returns the Keras model."""
     from tfbrain.checkpoints import read_state_dict
-    from tfbrain.models.registry import get_family
+    from tfbrain.models.registry import get_converter
     from tfbrain.presets import save_preset
     from tfbrain.version import __version__
 
-    spec = get_family(family)
-    if spec.converter is None:
-        raise ValueError(f"family {family!r} has no converter from upstream weights")
+    spec, converter = get_converter(family)
     paths = [pathlib.Path(p) for p in (state_dict_path if isinstance(state_dict_path, (list, tuple))
                                        else [state_dict_path])]
     state_dict, hparams = {}, {}
@@ -72,7 +70,7 @@ def convert(family: str, state_dict_path, out_dir, upstream_kwargs_path=None, ta
         state_dict.update(part)
         hparams = hparams or part_hparams
     kwargs = load_upstream_kwargs(upstream_kwargs_path, hparams, paths[0])
-    model = spec.converter(state_dict, kwargs, task=task)
+    model = converter(state_dict, kwargs, task=task)
     save_preset(model, out_dir, extra_metadata={
         "source": {"files": [p.name for p in paths], "sha256": [_sha256(p) for p in paths],
                    "family": spec.name, "upstream_repo": spec.upstream.repo,

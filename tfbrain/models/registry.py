@@ -51,6 +51,9 @@ class FamilySpec:
     tiny_variant: str | None = None
     # the task type a bare `tfbrain train --set model.family=...` and the contract tests use
     default_task: str = "classification"
+    # further converters by name, for families whose upstream code has several modules
+    # (`tfbrain convert NAME` looks up family names first, then these)
+    converters: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.input_kind not in INPUT_KINDS:
@@ -128,6 +131,20 @@ def family_of_backbone(backbone) -> FamilySpec:
         if isinstance(backbone, spec.backbone_class):
             return spec
     raise ValueError(f"{type(backbone).__name__} belongs to no registered family")
+
+
+def get_converter(name: str):
+    """(family, converter) for `tfbrain convert NAME`: a family's own converter, or a named
+    extra one (e.g. the flow encoder's "matcha_decoder")."""
+    _import_families()
+    if name in _FAMILIES and _FAMILIES[name].converter is not None:
+        return _FAMILIES[name], _FAMILIES[name].converter
+    for spec in _FAMILIES.values():
+        if name in spec.converters:
+            return spec, spec.converters[name]
+    known = sorted([n for n, s in _FAMILIES.items() if s.converter is not None]
+                   + [c for s in _FAMILIES.values() for c in s.converters])
+    raise ValueError(f"unknown model family or converter {name!r}; known: {known}")
 
 
 def create_backbone(family_or_variant: str, variant: str | None = None, **overrides):

@@ -29,7 +29,7 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path):
     assert main(["convert", "nope", "--state-dict", str(tmp_path / "x.npz"),
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown model family 'nope'" in err[0] and "swift" in err[0]
+    assert len(err) == 1 and "unknown model family or converter 'nope'" in err[0] and "swift" in err[0]
     assert main(["convert", "swift", "--state-dict", str(tmp_path / "missing.npz"),
                  "--out", str(tmp_path / "out")]) == 2
     assert "missing.npz" in capsys.readouterr().err
