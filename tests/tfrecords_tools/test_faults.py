@@ -333,3 +333,48 @@ class EventFaultTest(TestCase):
             frame_labels(self.events("2\t0.1\tface\n"), 20, 2.0, ["face", "rest"], hrf_delay=0.0)
         with self.assertRaisesRegex(BadInputError, "min_coverage"):
             frame_labels(self.events("2\t10\tface\n"), 20, 2.0, ["face", "rest"], min_coverage=1.5)
+
+
+class WorkerTest(TestCase):
+    def test_workers_die_with_their_parent(self):
+        """kill -9 of `prepare` must not leave its pool workers converting."""
+        script = (
+            "import concurrent.futures, multiprocessing, os, sys, time\n"
+            "from tfrecords_tools.writer import _worker_init\n"
+            "if __name__ == '__main__':\n"
+            "    init = _worker_init if sys.argv[1] == '1' else None\n"
+            "    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),"
+            " initializer=init)\n"
+            "    print(pool.submit(os.getpid).result(), flush=True)\n"
+            "    pool.submit(time.sleep, 60)\n"
+            "    time.sleep(60)\n")
+        path = os.path.join(self.get_temp_dir(), "parent.py")
+        with open(path, "w") as f:
+            f.write(script)
+        self.assertFalse(_worker_survives(path, with_init=True), "the worker outlived its killed parent")
+
+
+def _worker_survives(script: str, with_init: bool) -> bool:
+    parent = subprocess.Popen([sys.executable, script, "1" if with_init else "0"], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    worker = None
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(parent.pid, 9)
+        parent.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and _alive(worker):
+            time.sleep(0.1)
+        return _alive(worker)
+    finally:
+        parent.kill()
+        if worker and _alive(worker):
+            os.kill(worker, 9)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
