@@ -113,9 +113,11 @@ def _same_inputs(run: Run, recorded: Optional[dict]) -> bool:
     files = {"nifti": run.path, "mask": run.mask_path, "events": run.events_path}
     for role, path in files.items():
         entry = recorded.get(role) or {}
-        if (entry.get("path") or None) != (path or None):
+        if bool(entry.get("path")) != bool(path):  # a mask or events file added or removed
             return False
         if "size" not in entry:
+            if path and "://" not in str(path) and os.path.exists(path):
+                return False  # a file that was missing then is there now
             continue
         try:
             stat = os.stat(path)
@@ -123,7 +125,8 @@ def _same_inputs(run: Run, recorded: Optional[dict]) -> bool:
             return False
         if stat.st_size != entry["size"]:
             return False
-        if stat.st_mtime_ns != entry["mtime_ns"] and _file_sha256(path) != entry["sha256"]:
+        moved = os.path.abspath(path) != os.path.abspath(entry["path"])
+        if (stat.st_mtime_ns != entry["mtime_ns"] or moved) and _file_sha256(path) != entry["sha256"]:
             return False
     return True
 

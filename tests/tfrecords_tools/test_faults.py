@@ -378,3 +378,15 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+class MovedInputTest(TestCase):
+    def test_moved_inputs_with_the_same_bytes_stay_done(self):
+        folder = self.get_temp_dir()
+        paths = synthetic_runs(os.path.join(folder, "nii"), num_subjects=2)
+        out = os.path.join(folder, "out")
+        kwargs = {"config": CONFIG, "workers": 0, "progress": False}
+        convert(runs_from_files(paths), out, **kwargs)
+        shutil.move(os.path.join(folder, "nii"), os.path.join(folder, "moved"))
+        moved = [p.replace(os.sep + "nii" + os.sep, os.sep + "moved" + os.sep) for p in paths]
+        self.assertEqual(convert(runs_from_files(moved), out, **kwargs).runs_already_done, 2)
