@@ -186,8 +186,8 @@ class TrainConfig:
         if self.optim.epochs < 1:
             fail(f"[optim] epochs must be >= 1; got {self.optim.epochs}")
         optim = self.optim
-        if not (math.isfinite(optim.learning_rate) and optim.learning_rate > 0):
-            fail(f"[optim] learning_rate must be a finite number > 0; got {optim.learning_rate}")
+        if not (math.isfinite(optim.learning_rate) and optim.learning_rate >= 0):  # 0: weights stay
+            fail(f"[optim] learning_rate must be a finite number >= 0; got {optim.learning_rate}")
         for name in ("weight_decay", "min_learning_rate", "clip_norm", "restart_cycle"):
             value = getattr(optim, name)
             if not (math.isfinite(value) and value >= 0):

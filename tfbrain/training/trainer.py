@@ -195,13 +195,6 @@ def train(config: TrainConfig, verbose: int = 1, *, resume: bool = False,
         except SimulatedInterruption as stop:
             return {"interrupted": True, "reason": str(stop), "output_dir": str(out),
                     "global_step": int(train_model.optimizer.iterations.numpy())}
-        except Exception as error:  # a tf.data read error names no shard: find it
-            from tfrecords_tools.reader import explain_read_error
-
-            explained = explain_read_error(config.data.dataset_dir, error) if _is_read_error(error) else None
-            if explained is None:
-                raise
-            raise explained from error
 
         model.save_to_preset(work_dir / "final", extra_metadata=preset_metadata)
         # no validation split (or no finite monitored value): the final model is the best
@@ -224,11 +217,21 @@ def train(config: TrainConfig, verbose: int = 1, *, resume: bool = False,
         if config.tensorboard.enabled and config.tensorboard.embeddings and chief:
             write_embeddings(model, datasets, work_dir / "tensorboard")
         return summary
+    except Exception as error:  # a tf.data read error names no shard: find it
+        explained = _explain_read_error(config.data.dataset_dir, error)
+        if explained is None:
+            raise
+        raise explained from error
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _is_read_error(error: Exception) -> bool:
+def _explain_read_error(dataset_dir: str, error: Exception):
+    """A ValueError naming the shard behind a tf.data read error, or None for other errors."""
     import tensorflow as tf
 
-    return isinstance(error, (tf.errors.DataLossError, tf.errors.InvalidArgumentError))
+    if not isinstance(error, (tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
+        return None
+    from tfrecords_tools.reader import explain_read_error
+
+    return explain_read_error(dataset_dir, error)

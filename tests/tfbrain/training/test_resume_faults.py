@@ -186,8 +186,8 @@ class TestConfigTypes:
     @pytest.mark.parametrize("section, field, value, pattern", [
         ("model", "freeze_backbone", "false", r"\[model\] freeze_backbone must be a boolean"),
         ("optim", "jit_compile", "false", r"\[optim\] jit_compile must be a boolean"),
-        ("optim", "learning_rate", float("nan"), r"learning_rate must be a finite number > 0"),
-        ("optim", "learning_rate", -1e-3, r"learning_rate must be a finite number > 0"),
+        ("optim", "learning_rate", float("nan"), r"learning_rate must be a finite number >= 0"),
+        ("optim", "learning_rate", -1e-3, r"learning_rate must be a finite number >= 0"),
         ("optim", "learning_rate", "1e-3", r"learning_rate must be a number"),
         ("optim", "epochs", 2.5, r"epochs must be an integer"),
         ("optim", "epochs", True, r"epochs must be an integer"),
