@@ -86,6 +86,9 @@ class PreprocessConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+_MAX_DEFLATE_RATIO = 1032  # deflate never compresses better than ~1032:1
+
+
 def memory_budget() -> int:
     """Bytes one run's raw array may take: `TFBRAIN_MAX_RUN_BYTES`, else half the RAM."""
     if os.environ.get("TFBRAIN_MAX_RUN_BYTES"):
@@ -128,6 +131,17 @@ def load_nifti(path: str):
     if claimed > budget:
         raise BadInputError(path, f"header declares shape {shape} of {dtype} = {claimed / 1e9:.1f} GB, over "
                                   f"the memory budget of {budget / 1e9:.1f} GB (TFBRAIN_MAX_RUN_BYTES)")
+    # a file too small to hold what its header declares is truncated: say so before allocating
+    on_disk = os.path.getsize(path)
+    if str(path).endswith(".gz"):
+        enough = on_disk * _MAX_DEFLATE_RATIO >= claimed
+    else:
+        offset = int(getattr(img.header, "get_data_offset", lambda: 0)() or 0)
+        enough = img.header.__class__.__name__ not in ("Nifti1Header", "Nifti2Header") or on_disk >= offset + claimed
+    if not enough:
+        raise BadInputError(path, f"cannot read NIfTI: corrupt or truncated file (the header declares {shape} "
+                                  f"of {dtype} = {claimed / 1e6:.1f} MB, which {on_disk / 1e6:.3f} MB on disk "
+                                  "cannot hold)")
     try:
         proxy = img.dataobj
         if hasattr(proxy, "get_unscaled"):

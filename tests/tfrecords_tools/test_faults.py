@@ -390,3 +390,25 @@ class MovedInputTest(TestCase):
         shutil.move(os.path.join(folder, "nii"), os.path.join(folder, "moved"))
         moved = [p.replace(os.sep + "nii" + os.sep, os.sep + "moved" + os.sep) for p in paths]
         self.assertEqual(convert(runs_from_files(moved), out, **kwargs).runs_already_done, 2)
+
+
+class TruncatedHeaderTest(TestCase):
+    def test_file_too_small_for_its_header_is_refused_before_allocating(self):
+        folder = self.get_temp_dir()
+        header = nib.Nifti1Header()
+        header.set_data_shape((256, 256, 256, 100))  # 6.7 GB of float32, within a RAM budget
+        header.set_data_dtype(np.float32)
+        os.environ["TFBRAIN_MAX_RUN_BYTES"] = "1e12"  # within budget on any machine
+        self.addCleanup(os.environ.pop, "TFBRAIN_MAX_RUN_BYTES", None)
+        for name in ("six_gb.nii", "six_gb.nii.gz"):
+            path = os.path.join(folder, name)
+            payload = header.binaryblock + b"\0" * 4 + b"\1" * 100_000
+            if name.endswith(".gz"):
+                import gzip
+
+                payload = gzip.compress(payload)
+            with open(path, "wb") as f:
+                f.write(payload)
+            with self.subTest(name=name), self.assertRaisesRegex(
+                    BadInputError, r"corrupt or truncated file \(the header declares .* cannot hold\)"):
+                prepare_run(path, CONFIG)
