@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
             label_type=args.label_type, use_events=args.events or bool(args.events_file),
             hrf_delay=args.hrf_delay, min_coverage=args.min_coverage, split_fractions=tuple(args.split),
             split_seed=args.split_seed, progress=not args.no_progress)
-    except tt.BadInputError as error:
-        print(f"error: {error}\n(use --skip-bad to skip bad inputs)", file=sys.stderr)
-        return 1
+    except tt.BadInputError as error:  # one line naming the file, exit 2 as every bad input
+        print(f"error: {error} (--skip-bad skips bad inputs)", file=sys.stderr)
+        return 2
     print(summary)
     return 0
 
