@@ -104,10 +104,12 @@ def read_json(path: str) -> dict:
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to `path + .tmp`, then rename, so readers never see half a file."""
+    """Write JSON to `path + .tmp-<pid>`, then rename, so readers never see half a file."""
+    import os
+
     import tensorflow as tf
 
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp-{os.getpid()}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=False)
     tf.io.gfile.rename(tmp, path, overwrite=True)
