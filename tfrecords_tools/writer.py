@@ -176,7 +176,7 @@ def output_lock(output_dir: str):
         os.close(fd)  # releases the lock (a killed holder releases it too)
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: Optional[int] = None) -> None:
     """Pool initializer: die with the parent (a kill -9 of `prepare` ends its workers)."""
     if sys.platform.startswith("linux"):
         try:
@@ -184,10 +184,10 @@ def _worker_init() -> None:
             import signal
 
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-            if os.getppid() == 1:  # the parent is already gone
-                os._exit(1)
-        except OSError:
-            pass
+        except (OSError, AttributeError):
+            return
+        if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl
+            os._exit(1)
 
 
 def _shard_name(key: str, index: int, compression: str) -> str:
@@ -425,7 +425,8 @@ def _convert_locked(runs, output_dir, config, compression, shard_size_mb, worker
     if workers and len(todo) > 1:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
-                                                    initializer=_worker_init) as pool:
+                                                    initializer=_worker_init,
+                                                    initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_job, run, output_dir, settings) for run in todo]
             for future in concurrent.futures.as_completed(futures):
                 status, value = future.result()
