@@ -244,19 +244,26 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
         expected, run_key, run_files, run_firsts = position
         features = tf.io.parse_example(serialized, spec)
         # each record must be the one its position in the run's shards promises
-        ok = tf.reduce_all(tf.equal(features["frame"], expected))
-        ok = tf.logical_and(ok, tf.reduce_all(tf.equal(features["run"], run_key)))
-        ok = tf.logical_and(ok, tf.reduce_all(tf.equal(features["shape"], shape_tensor[None])))
-        first_frames = tf.strings.to_number(tf.strings.split(run_firsts, "\n"), tf.int64)
-        shard = tf.strings.split(run_files, "\n")[
-            tf.maximum(tf.searchsorted(first_frames, expected[:1], side="right")[0] - 1, 0)]
-        message = tf.strings.join([
-            "shard ", shard, ": " + _POSITION_ERROR + ": expected run ", run_key, " frame ",
-            tf.strings.as_string(expected[0]), " of shape " + "x".join(map(str, frame_shape)) + ", found run ",
-            features["run"][0], " frame ", tf.strings.as_string(features["frame"][0]), " of shape ",
-            tf.strings.reduce_join(tf.strings.as_string(features["shape"][0]), separator="x"),
-            " (swapped, replaced or re-converted shard: re-run `tfbrain prepare`)"])
-        with tf.control_dependencies([tf.debugging.Assert(ok, [message], summarize=1)]):
+        in_place = tf.logical_and(tf.equal(features["frame"], expected), tf.equal(features["run"], run_key))
+        in_place = tf.logical_and(in_place, tf.reduce_all(tf.equal(features["shape"], shape_tensor[None]), axis=1))
+        ok = tf.reduce_all(in_place)
+
+        def fail():  # the message is only built when a record is out of place
+            i = tf.argmin(tf.cast(in_place, tf.int32))  # the first record out of place
+            first_frames = tf.strings.to_number(tf.strings.split(run_firsts, "\n"), tf.int64)
+            shard = tf.strings.split(run_files, "\n")[
+                tf.maximum(tf.searchsorted(first_frames, expected[i:i + 1], side="right")[0] - 1, 0)]
+            message = tf.strings.join([
+                "shard ", shard, ": " + _POSITION_ERROR + ": expected run ", run_key, " frame ",
+                tf.strings.as_string(expected[i]), " of shape " + "x".join(map(str, frame_shape)) + ", found run ",
+                features["run"][i], " frame ", tf.strings.as_string(features["frame"][i]), " of shape ",
+                tf.strings.reduce_join(tf.strings.as_string(features["shape"][i]), separator="x"),
+                " (swapped, replaced or re-converted shard: re-run `tfbrain prepare`)"])
+            with tf.control_dependencies([tf.debugging.Assert(False, [message], summarize=1)]):
+                return tf.constant(False)
+
+        checked = tf.cond(ok, lambda: tf.constant(True), fail)
+        with tf.control_dependencies([checked]):
             volume = tf.io.decode_raw(features["volume"], storage, little_endian=True)
         volume = tf.reshape(volume, (-1,) + frame_shape)
         return volume, tf.cast(features["frame_label"], tf.int32), tf.cast(features["frame"], tf.int32)
