@@ -63,9 +63,10 @@ def assert_bitwise_equal(a_dir, b_dir):
 
 
 def test_resume_with_dropout_is_bitwise_exact_after_injected_stop(cohort, tmp_path):
-    straight = train(make_config(cohort, str(tmp_path / "straight")), verbose=0)
+    short = {"optim": {"epochs": 2, "steps_per_epoch": 3}, "data": {"val_split": "", "test_split": ""}}
+    straight = train(make_config(cohort, str(tmp_path / "straight"), **short), verbose=0)
     assert not straight["interrupted"]
-    killed = make_config(cohort, str(tmp_path / "resumed"), run={"stop_after_steps": 6})
+    killed = make_config(cohort, str(tmp_path / "resumed"), run={"stop_after_steps": 4}, **short)
     assert train(killed, verbose=0)["interrupted"]
     assert os.path.exists(tmp_path / "resumed" / "state" / "rng.npz")
     killed.run.stop_after_steps = 0
@@ -129,7 +130,8 @@ def _toml(raw: dict) -> str:
 
 
 def test_kill_at_epoch_boundary_keeps_history_unique(cohort, tmp_path, monkeypatch):
-    config = make_config(cohort, str(tmp_path / "run"), run={"checkpoint_every_steps": 3})
+    config = make_config(cohort, str(tmp_path / "run"), run={"checkpoint_every_steps": 3},
+                         optim={"epochs": 2}, data={"val_split": "", "test_split": ""})
     original = checkpointing.TrainingState.save
 
     def save(self, model, extra):  # killed after history.json, before the end-of-epoch state
@@ -142,9 +144,24 @@ def test_kill_at_epoch_boundary_keeps_history_unique(cohort, tmp_path, monkeypat
     assert [h["epoch"] for h in json.loads((tmp_path / "run" / "history.json").read_text())] == [1]
     monkeypatch.setattr(checkpointing.TrainingState, "save", original)
     summary = train(config, verbose=0)
-    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
 
 
+def test_rerun_rules_of_a_run_folder(tmp_path):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"optim": {"epochs": 1}, "run": {"stop_after_steps": 3}}))
+    prepare_run_folder(tmp_path, {"optim": {"epochs": 1}, "run": {"stop_after_steps": 0}})  # same run
+    with pytest.raises(ValueError, match=r"another config \(optim.epochs: 1 -> 2\); pass --resume"):
+        prepare_run_folder(tmp_path, {"optim": {"epochs": 2}, "run": {}})
+    prepare_run_folder(tmp_path, {"optim": {"epochs": 2}, "run": {}}, resume=True)
+    assert (tmp_path / "state").exists()
+    with pytest.raises(ValueError, match="exclude each other"):
+        prepare_run_folder(tmp_path, {}, resume=True, overwrite=True)
+    prepare_run_folder(tmp_path, {"optim": {"epochs": 2}}, overwrite=True)
+    assert not (tmp_path / "state").exists() and not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.large  # three short trainings: ~25 s on 2 shared cores
 def test_rerun_with_another_config_is_refused(cohort, tmp_path):
     out = str(tmp_path / "run")
     train(make_config(cohort, out, optim={"epochs": 1}), verbose=0)
