@@ -412,3 +412,28 @@ class TruncatedHeaderTest(TestCase):
             with self.subTest(name=name), self.assertRaisesRegex(
                     BadInputError, r"corrupt or truncated file \(the header declares .* cannot hold\)"):
                 prepare_run(path, CONFIG)
+
+
+class CliTest(TestCase):
+    def test_prepare_bad_arguments_and_held_lock_are_one_line(self):
+        import contextlib
+        import io
+
+        from tfbrain.cli import main
+
+        folder = self.get_temp_dir()
+        paths = synthetic_runs(os.path.join(folder, "nii"), num_subjects=1)
+        out = os.path.join(folder, "out")
+        args = ["prepare", *paths, "-o", out, "--workers", "0", "--no-progress", "--target-shape", "8", "8", "8"]
+        for extra, pattern in [(["--min-coverage", "1.5"], "min_coverage"), (["--split", "-1", "1", "1"], "--split")]:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                self.assertEqual(main(args + extra), 2)
+            lines = err.getvalue().strip().splitlines()
+            self.assertEqual(len(lines), 1, lines)
+            self.assertRegex(lines[0], r"^tfbrain prepare: error: .*" + pattern)
+        with writer_lib.output_lock(out):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                self.assertEqual(main(args), 2)
+        self.assertRegex(err.getvalue().strip(), rf"^tfbrain prepare: error: {out} is being converted by pid {os.getpid()}")

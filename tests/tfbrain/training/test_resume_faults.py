@@ -239,3 +239,13 @@ class TestConfigTypes:
     def test_backbone_overrides_with_a_preset_are_refused(self):
         with pytest.raises(ValueError, match="apply only when building from family/variant"):
             TrainConfig.from_dict({**MINIMAL, "model": {"preset": "p", "backbone": {"hidden_dim": 8}}})
+
+
+def test_cli_bad_config_value_is_one_line(tmp_path, capsys):
+    from tfbrain.cli import main
+
+    path = tmp_path / "run.toml"
+    path.write_text('[data]\ndataset_dir = "d"\n[model]\nfreeze_backbone = "false"\n[optim]\njit_compile = false\n')
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[model] freeze_backbone must be a boolean" in err[0] and str(path) in err[0]
