@@ -249,3 +249,17 @@ def test_cli_bad_config_value_is_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "[model] freeze_backbone must be a boolean" in err[0] and str(path) in err[0]
+
+
+def test_relative_dataset_dir_becomes_absolute(tmp_path, monkeypatch):
+    from tfbrain.training.trainer import _absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig.from_dict({"data": {"dataset_dir": "data/ds", "splits_file": "s.json"},
+                                    "optim": {"jit_compile": False}})
+    _absolute_paths(config)
+    assert config.data.dataset_dir == str(tmp_path / "data" / "ds")
+    assert config.data.splits_file == str(tmp_path / "s.json")
+    remote = TrainConfig.from_dict({"data": {"dataset_dir": "gs://b/ds"}, "optim": {"jit_compile": False}})
+    _absolute_paths(remote)
+    assert remote.data.dataset_dir == "gs://b/ds"
