@@ -25,10 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace-s", type=float, default=10.0,
                         help="on SIGTERM, seconds to let running requests finish (default 10)")
     parser.add_argument("--ready-file", help="write the bound port here once serving (for scripts)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="refuse requests with a larger batch dimension, before decoding them "
+                             "(default: max_batch_size of MODEL_BASE/batching_parameters.txt, else 64)")
 
 
 def _is_version_dir(path: pathlib.Path) -> bool:
-    return path.name.isdigit() and (path / "saved_model.pb").is_file()
+    return path.name.isdigit() and (path / "saved_model.pb").is_file()  # complete or being copied
 
 
 def _has_versions(path: pathlib.Path) -> bool:
@@ -69,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models, pinned = resolve_models(args.paths, args.model_base, args.model)
-    return serve(models, host=args.host, port=args.port, max_workers=args.max_workers,
-                 max_message_bytes=min(args.max_message_mb * 2**20, 2**31 - 1),
-                 pinned_versions=pinned, grace_s=args.grace_s, ready_file=args.ready_file)
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1. Received: {args.max_batch}")
+    try:
+        return serve(models, host=args.host, port=args.port, max_workers=args.max_workers,
+                     max_message_bytes=min(args.max_message_mb * 2**20, 2**31 - 1),
+                     pinned_versions=pinned, grace_s=args.grace_s, ready_file=args.ready_file,
+                     max_batch=args.max_batch)
+    except OSError as error:  # a port in use: one line, exit 2
+        raise ValueError(str(error)) from None

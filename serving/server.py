@@ -15,12 +15,21 @@ unknown input, unknown output_filter name -> INVALID_ARGUMENT; a failure inside 
 -> INTERNAL. None of them stops the server.
 
 Classify, Regress and MultiInference (tf.Example APIs) are not implemented: UNIMPLEMENTED.
+
+Limits: a request whose batch dimension exceeds `max_batch` (default: `max_batch_size` of
+MODEL_BASE/batching_parameters.txt, which `tfbrain export` writes, else 64) is refused with
+INVALID_ARGUMENT from its shape alone, before anything is allocated. The port is bound
+without SO_REUSEPORT, so a second server on a port in use fails to start. A version folder
+counts only when complete (saved_model.pb and variables/variables.index); an incomplete
+one (still being copied) is skipped with a warning, as TF-Serving serves a version only
+once it has loaded.
 """
 
 import dataclasses
 import logging
 import os
 import pathlib
+import re
 import signal
 import threading
 from concurrent import futures
@@ -42,11 +51,40 @@ logger = logging.getLogger("serving.server")
 MAX_MESSAGE_BYTES = 2**31 - 1  # what tensorflow_model_server allows (INT32_MAX)
 
 
+DEFAULT_MAX_BATCH = 64
+_warned_incomplete: set = set()
+
+
+def _is_complete(version_dir: pathlib.Path) -> bool:
+    """A SavedModel folder that has finished copying: the graph and its variables index."""
+    return (version_dir / "saved_model.pb").is_file() and (version_dir / "variables" / "variables.index").is_file()
+
+
 def _version_dirs(model_dir: pathlib.Path) -> dict[int, pathlib.Path]:
     if not model_dir.is_dir():
         return {}
-    return {int(p.name): p for p in model_dir.iterdir()
-            if p.name.isdigit() and (p / "saved_model.pb").is_file()}
+    versions = {}
+    for p in model_dir.iterdir():
+        if not p.name.isdigit():
+            continue
+        if _is_complete(p):
+            versions[int(p.name)] = p
+        elif p not in _warned_incomplete:
+            _warned_incomplete.add(p)
+            logger.warning("skipping incomplete version folder %s (no saved_model.pb or "
+                           "variables/variables.index yet: still being copied?)", p)
+    return versions
+
+
+def default_max_batch(model_dir: pathlib.Path) -> int:
+    """`max_batch_size` of the batching parameters `tfbrain export` writes beside the model
+    folders (MODEL_BASE/batching_parameters.txt), else DEFAULT_MAX_BATCH."""
+    path = pathlib.Path(model_dir).parent / "batching_parameters.txt"
+    try:
+        match = re.search(r"max_batch_size\s*\{\s*value:\s*(\d+)", path.read_text())
+    except OSError:
+        return DEFAULT_MAX_BATCH
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else DEFAULT_MAX_BATCH
 
 
 @dataclasses.dataclass
@@ -85,16 +123,20 @@ class LoadedVersion:
 class ModelRepository:
     """Models by name (each a folder of integer version folders), loaded lazily, thread-safe."""
 
-    def __init__(self, model_dirs: dict[str, os.PathLike], pinned_versions: dict[str, int] | None = None):
+    def __init__(self, model_dirs: dict[str, os.PathLike], pinned_versions: dict[str, int] | None = None,
+                 max_batch: int | None = None):
         self.model_dirs = {name: pathlib.Path(d) for name, d in model_dirs.items()}
         self.pinned_versions = dict(pinned_versions or {})
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"`max_batch` must be >= 1. Received: {max_batch}")
+        self.max_batch = {name: max_batch or default_max_batch(d) for name, d in self.model_dirs.items()}
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         for name, model_dir in self.model_dirs.items():
             if not _version_dirs(model_dir):
-                raise FileNotFoundError(f"Model {name!r}: no version folder with a saved_model.pb "
-                                        f"under {model_dir} (expected {model_dir}/<integer>/)")
+                    raise FileNotFoundError(f"Model {name!r}: no complete version folder (saved_model.pb and "
+                                        f"variables/) under {model_dir} (expected {model_dir}/<integer>/)")
 
     def versions(self, name: str) -> list[int]:
         return sorted(_version_dirs(self.model_dirs[name]))
@@ -182,7 +224,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise RequestError(grpc.StatusCode.NOT_FOUND,
                                    f"Serving signature name: {signature_name!r} not found in model "
                                    f"{loaded.name!r} version {loaded.version}; signatures: {sorted(loaded.specs)}")
-            arrays = validate_inputs(spec, request.inputs)
+            arrays = validate_inputs(spec, request.inputs, self.repository.max_batch.get(loaded.name))
             wanted = validate_output_filter(spec, request.output_filter)
             outputs = loaded.run(signature_name, arrays)
             response = predict_pb2.PredictResponse(model_spec=_response_spec(loaded, signature_name))
@@ -256,8 +298,9 @@ class ModelServer:
 
     def __init__(self, model_dirs: dict[str, os.PathLike], host: str = "127.0.0.1", port: int = 8500,
                  max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 pinned_versions: dict[str, int] | None = None, preload: bool = True):
-        self.repository = ModelRepository(model_dirs, pinned_versions)
+                 pinned_versions: dict[str, int] | None = None, preload: bool = True,
+                 max_batch: int | None = None):
+        self.repository = ModelRepository(model_dirs, pinned_versions, max_batch)
         self.host = host
         self.requested_port = port
         self.port = None
@@ -265,7 +308,8 @@ class ModelServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serving"),
             options=[("grpc.max_receive_message_length", max_message_bytes),
-                     ("grpc.max_send_message_length", max_message_bytes)])
+                     ("grpc.max_send_message_length", max_message_bytes),
+                     ("grpc.so_reuseport", 0)])  # a port in use is an error, not a shared port
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.repository), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.repository), self._server)
@@ -279,9 +323,13 @@ class ModelServer:
         if self.preload:
             self.repository.preload()
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.port = self._server.add_insecure_port(f"{host}:{self.requested_port}")
+        try:
+            self.port = self._server.add_insecure_port(f"{host}:{self.requested_port}")
+        except RuntimeError:  # grpc raises on a failed bind in recent versions
+            self.port = 0
         if not self.port:
-            raise OSError(f"could not bind {host}:{self.requested_port}")
+            raise OSError(f"could not bind {host}:{self.requested_port}: the port is in use "
+                          "(another server?) or not available; choose another --port")
         self._server.start()
         logger.info("serving %s on %s", sorted(self.repository.model_dirs), self.target)
         return self.port
@@ -304,13 +352,14 @@ class ModelServer:
 def serve(model_dirs: dict[str, os.PathLike], host: str = "127.0.0.1", port: int = 8500,
           max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES,
           pinned_versions: dict[str, int] | None = None, grace_s: float = 10.0,
-          ready_file: os.PathLike | None = None) -> int:
+          ready_file: os.PathLike | None = None, max_batch: int | None = None) -> int:
     """Run a ModelServer until SIGTERM or SIGINT, then shut down gracefully. Returns 0.
 
     `ready_file`, when given, receives the bound port once the server accepts requests.
     """
     server = ModelServer(model_dirs, host=host, port=port, max_workers=max_workers,
-                         max_message_bytes=max_message_bytes, pinned_versions=pinned_versions)
+                         max_message_bytes=max_message_bytes, pinned_versions=pinned_versions,
+                         max_batch=max_batch)
     stop_requested = threading.Event()
 
     def on_signal(signum, _frame):

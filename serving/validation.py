@@ -88,8 +88,27 @@ def _check_tensor(signature: SignatureSpec, spec: TensorSpec, proto: tensor_pb2.
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{expected}; {err}") from None
 
 
-def validate_inputs(signature: SignatureSpec, inputs: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, np.ndarray]:
-    """Check names, dtypes, ranks and shapes of a request's inputs; return them decoded."""
+def check_batch_size(signature: SignatureSpec, inputs: Mapping[str, tensor_pb2.TensorProto],
+                     max_batch: int | None) -> None:
+    """Refuse a batch dimension over `max_batch` from the shapes alone, before any tensor
+    is decoded (a 47-byte request may declare a batch of 2048 windows to be zero-filled)."""
+    if not max_batch:
+        return
+    for name, proto in inputs.items():
+        spec = signature.inputs.get(name)
+        shape = proto_shape(proto)
+        if spec is None or not shape or spec.shape is None or not spec.shape or spec.shape[0] >= 0:
+            continue  # no batch axis
+        if shape[0] > max_batch:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} has batch size {shape[0]}, over the server's maximum "
+                               f"{max_batch} (--max-batch); send smaller batches")
+
+
+def validate_inputs(signature: SignatureSpec, inputs: Mapping[str, tensor_pb2.TensorProto],
+                    max_batch: int | None = None) -> dict[str, np.ndarray]:
+    """Check names, dtypes, ranks and shapes of a request's inputs (and the batch size
+    against `max_batch`); return them decoded."""
     unknown = sorted(set(inputs) - set(signature.inputs))
     if unknown:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -100,6 +119,7 @@ def validate_inputs(signature: SignatureSpec, inputs: Mapping[str, tensor_pb2.Te
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"missing input(s) {missing} for signature {signature.name!r}; "
                            f"expected {signature.describe_inputs()}")
+    check_batch_size(signature, inputs, max_batch)
     arrays = {name: _check_tensor(signature, spec, inputs[name]) for name, spec in signature.inputs.items()}
     batch_sizes = {a.shape[0] for a in arrays.values() if a.ndim}
     if len(batch_sizes) > 1:

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
     out.add_argument("--split-seed", type=int, default=0)
     out.add_argument("--no-progress", action="store_true")
+    out.add_argument("--check", action="store_true",
+                     help="only verify the dataset folder -o against its dataset.json (paths, record "
+                          "counts, sizes and sha256 of every shard); no inputs needed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +63,14 @@ def run(args: argparse.Namespace) -> int:
     from tfrecords_tools import sources
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.check:
+        from tfrecords_tools.reader import verify_dataset
+
+        info = tt.load_dataset_info(args.output)
+        verify_dataset(args.output, sha256=True, info=info)  # ValueError names every bad shard
+        print(f"{args.output}: {len(info['shards'])} shards of {info['num_runs']} runs match dataset.json "
+              "(paths, record counts, sizes, sha256)")
+        return 0
     chosen = [bool(args.files), bool(args.table), bool(args.bids)]
     if sum(chosen) != 1:
         print("error: give exactly one of: NIfTI files, --table, --bids", file=sys.stderr)
@@ -86,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
             label_type=args.label_type, use_events=args.events or bool(args.events_file),
             hrf_delay=args.hrf_delay, min_coverage=args.min_coverage, split_fractions=tuple(args.split),
             split_seed=args.split_seed, progress=not args.no_progress)
-    except tt.BadInputError as error:
-        print(f"error: {error}\n(use --skip-bad to skip bad inputs)", file=sys.stderr)
-        return 1
+    except tt.BadInputError as error:  # one line naming the file, exit 2 as every bad input
+        print(f"error: {error} (--skip-bad skips bad inputs)", file=sys.stderr)
+        return 2
     print(summary)
     return 0
 
@@ -97,4 +108,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfrecords_tools",
                                      description="convert 4D NIfTI runs into a sharded TFRecord dataset")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as error:  # one line, as `tfbrain prepare` does
+        print(f"error: {error}", file=sys.stderr)
+        return 2

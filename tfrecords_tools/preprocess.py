@@ -86,23 +86,76 @@ class PreprocessConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+_MAX_DEFLATE_RATIO = 1032  # deflate never compresses better than ~1032:1
+
+
+def memory_budget() -> int:
+    """Bytes one run's raw array may take: `TFBRAIN_MAX_RUN_BYTES`, else half the RAM."""
+    if os.environ.get("TFBRAIN_MAX_RUN_BYTES"):
+        return int(float(os.environ["TFBRAIN_MAX_RUN_BYTES"]))
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 1 << 34
+
+
 def load_nifti(path: str):
     """(image, raw array in file dtype, slope, intercept); bad files raise BadInputError."""
     import nibabel as nib
 
     if not os.path.exists(path):
         raise BadInputError(path, "file not found")
+    if os.path.isdir(path):
+        raise BadInputError(path, "is a folder, not a NIfTI file")
+    if not os.access(path, os.R_OK):
+        raise BadInputError(path, "cannot open: permission denied")
     try:
         img = nib.load(path)
+    except OSError as error:
+        raise BadInputError(path, f"cannot open ({error.strerror or error})") from None
+    except Exception as error:  # not a NIfTI header
+        raise BadInputError(path, f"cannot read NIfTI: corrupt or truncated file, or not a NIfTI "
+                                  f"(header: {type(error).__name__}: {error})") from None
+    try:  # the header's claimed size, checked before anything is allocated
+        shape = tuple(int(n) for n in img.header.get_data_shape())
+        dtype = np.dtype(img.header.get_data_dtype())
+    except Exception as error:
+        raise BadInputError(path, f"unusable NIfTI header ({type(error).__name__}: {error})") from None
+    if np.issubdtype(dtype, np.complexfloating):
+        raise BadInputError(path, f"complex data ({dtype}): convert to magnitude (or real) before "
+                                  "preparing; the imaginary part would be lost")
+    if not np.issubdtype(dtype, np.integer) and not np.issubdtype(dtype, np.floating):
+        raise BadInputError(path, f"unsupported data type {dtype} (expected integers or floats)")
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    budget = memory_budget()
+    if claimed > budget:
+        raise BadInputError(path, f"header declares shape {shape} of {dtype} = {claimed / 1e9:.1f} GB, over "
+                                  f"the memory budget of {budget / 1e9:.1f} GB (TFBRAIN_MAX_RUN_BYTES)")
+    # a file too small to hold what its header declares is truncated: say so before allocating
+    on_disk = os.path.getsize(path)
+    if str(path).endswith(".gz"):
+        enough = on_disk * _MAX_DEFLATE_RATIO >= claimed
+    else:
+        offset = int(getattr(img.header, "get_data_offset", lambda: 0)() or 0)
+        enough = img.header.__class__.__name__ not in ("Nifti1Header", "Nifti2Header") or on_disk >= offset + claimed
+    if not enough:
+        raise BadInputError(path, f"cannot read NIfTI: corrupt or truncated file (the header declares {shape} "
+                                  f"of {dtype} = {claimed / 1e6:.1f} MB, which {on_disk / 1e6:.3f} MB on disk "
+                                  "cannot hold)")
+    try:
         proxy = img.dataobj
         if hasattr(proxy, "get_unscaled"):
             raw = np.asanyarray(proxy.get_unscaled())
             slope, inter = proxy.slope, proxy.inter
         else:
             raw, slope, inter = np.asanyarray(proxy), 1.0, 0.0
-    except (MemoryError, KeyboardInterrupt):
+    except KeyboardInterrupt:
         raise
-    except Exception as error:  # gzip, zlib, EOF, header and size errors all mean "unreadable"
+    except MemoryError:
+        raise BadInputError(path, f"out of memory reading {claimed / 1e9:.1f} GB") from None
+    except PermissionError as error:
+        raise BadInputError(path, f"cannot read: permission denied ({error})") from None
+    except Exception as error:  # gzip, zlib, EOF and size errors all mean "unreadable"
         raise BadInputError(path, f"cannot read NIfTI: corrupt or truncated file "
                                   f"({type(error).__name__}: {error})") from None
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
@@ -136,6 +189,7 @@ def _derive_mask(raw: np.ndarray, slope: float, inter: float, config: Preprocess
     total = np.zeros(spatial, np.float64)
     for t0 in range(0, raw.shape[3], 64):
         chunk = raw[..., t0:t0 + 64]
+        _check_finite(chunk, t0, raw, path)
         nonzero |= np.any(chunk != 0, axis=3)
         total += chunk.sum(axis=3, dtype=np.float64)
     method = config.mask_method
@@ -149,6 +203,15 @@ def _derive_mask(raw: np.ndarray, slope: float, inter: float, config: Preprocess
     if not mask.any():
         raise BadInputError(path, f"derived brain mask ({method}) is empty")
     return mask
+
+
+def _check_finite(chunk: np.ndarray, t0: int, raw: np.ndarray, path: str) -> None:
+    if np.issubdtype(raw.dtype, np.integer) or np.isfinite(chunk).all():
+        return
+    bad = np.argwhere(~np.isfinite(chunk))[0]
+    num_bad = int((~np.isfinite(raw)).sum())
+    raise BadInputError(path, f"{num_bad} NaN/Inf voxels (first at voxel {tuple(int(i) for i in bad[:3])}, "
+                              f"frame {t0 + bad[3]})")
 
 
 def _load_mask(mask_path: str, spatial: tuple, run_path: str) -> np.ndarray:
@@ -258,45 +321,57 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
     else:
         mask = _derive_mask(raw, slope, inter, config, path)
 
-    # One pass over the run: finiteness, then brain mean/std/min in float64.
-    total, total_sq, count, brain_min = 0.0, 0.0, 0, np.inf
+    # One pass over the run: finiteness, then brain mean/std/min/max in float64. Sums are
+    # taken around `centre` (the first frame's brain mean), so a large offset (mean 1e8,
+    # std 1) does not cancel the variance away.
+    total, total_sq, count, brain_min, brain_max = 0.0, 0.0, 0, np.inf, -np.inf
     # per brain voxel, for `voxelwise`: projections onto the trend basis, and sums of squares
     basis = np.polynomial.legendre.legvander(np.linspace(-1, 1, num_frames),
                                              config.detrend_order)  # (T, order + 1)
     voxel_proj = np.zeros((int(mask.sum()), basis.shape[1]), np.float64)
     voxel_sq = np.zeros(int(mask.sum()), np.float64)
-    check_finite = not np.issubdtype(raw.dtype, np.integer)
+    centre = float(np.mean(raw[..., 0][mask].astype(np.float64) * slope + inter))
+    if not np.isfinite(centre):
+        centre = 0.0
     for t0 in range(0, num_frames, 32):
         chunk = raw[..., t0:t0 + 32]
-        if check_finite and not np.isfinite(chunk).all():
-            bad = np.argwhere(~np.isfinite(chunk))[0]
-            num_bad = int((~np.isfinite(raw)).sum())
-            raise BadInputError(path, f"{num_bad} NaN/Inf voxels (first at voxel {tuple(int(i) for i in bad[:3])}, "
-                                      f"frame {t0 + bad[3]})")
-        brain = chunk[mask].astype(np.float64) * slope + inter  # (N, t)
+        _check_finite(chunk, t0, raw, path)
+        brain = chunk[mask].astype(np.float64) * slope + inter - centre  # (N, t)
         total += brain.sum()
         total_sq += np.square(brain).sum()
         count += brain.size
         brain_min = min(brain_min, brain.min())
+        brain_max = max(brain_max, brain.max())
         voxel_proj += brain @ basis[t0:t0 + brain.shape[1]]
         voxel_sq += np.square(brain).sum(axis=1)
-    mean = total / count
-    std = float(np.sqrt(max(total_sq / count - mean ** 2, 0.0)))
+    if not np.isfinite(total_sq):
+        raise BadInputError(path, "values too large to normalise in float64")
+    mean = centre + total / count
+    std = float(np.sqrt(max(total_sq / count - (total / count) ** 2, 0.0)))
+    brain_min, brain_max = brain_min + centre, brain_max + centre
     if config.normalization == "zscore":
         if not std > 0:
             raise BadInputError(path, "brain signal is constant (std 0); cannot z-score")
         shift, scale = mean, std
     elif config.normalization == "voxelwise":
         # least-squares trend per voxel: coef = (P^T P)^-1 P^T x; residual SS = x.x - coef.P^T x
-        coef = np.linalg.solve(basis.T @ basis, voxel_proj.T).T  # (N, order + 1)
+        coef = np.linalg.solve(basis.T @ basis, voxel_proj.T).T  # (N, order + 1), around `centre`
         residual = np.maximum(voxel_sq - np.sum(coef * voxel_proj, axis=1), 0.0)
         voxel_std = np.sqrt(residual / num_frames)
         voxel_std[voxel_std == 0] = 1.0  # a constant voxel stays at 0
         shift = None  # per frame: the voxel's trend at t
-        scale = np.ones(spatial, np.float32)
+        scale = np.ones(spatial, np.float64)
         scale[mask] = voxel_std
     else:
         shift, scale = 0.0, 1.0
+    dtype = np.dtype(config.dtype)
+    limit = float(np.finfo(dtype).max)
+    if shift is not None:  # the stored range is known now: refuse overflow before any frame
+        largest = max(abs(brain_min - shift), abs(brain_max - shift)) / scale
+        if largest > limit:
+            raise BadInputError(path, f"values up to {largest:.4g} after {config.normalization} normalisation "
+                                      f"overflow {config.dtype} (max {limit:.6g}); use normalization "
+                                      "'zscore' or dtype float32")
     if config.normalization == "voxelwise":
         # the lowest z-value of the brain is unknown before the frames are written; 0 (each
         # voxel's own mean) is the natural background for this normalisation
@@ -332,25 +407,28 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
         "stored_brain_voxels": int(inside.sum()),
         "brain_voxels_cropped": int(grid_mask.sum() - inside.sum()),
     }
-    dtype = np.dtype(config.dtype)
-    limit = float(np.finfo(dtype).max)
 
     def shift_at(t):
         if shift is not None:
             return shift
-        trend = np.zeros(spatial, np.float32)
-        trend[mask] = coef @ basis[t]
+        trend = np.full(spatial, centre, np.float64)
+        trend[mask] += coef @ basis[t]
         return trend
 
     def frames() -> Iterator[np.ndarray]:
         for t in range(num_frames):
-            frame = (raw[..., t].astype(np.float32) * slope + inter - shift_at(t)) / scale
+            # centred and scaled in float64 (a float32 cast first would drop a small signal on
+            # a large offset), then float32 for resampling
+            frame = ((raw[..., t].astype(np.float64) * slope + inter - shift_at(t)) / scale).astype(np.float32)
             frame[~mask] = background
             if sampler is not None:
                 frame = sampler(frame, fill=background)
                 frame[~grid_mask] = background
             frame = place(frame, offsets, target, background)
-            yield np.clip(frame, -limit, limit).astype(dtype)
+            if not np.abs(frame).max() <= limit:
+                raise BadInputError(path, f"frame {t}: values up to {np.abs(frame).max():.4g} overflow "
+                                          f"{config.dtype} (max {limit:.6g}); use dtype float32")
+            yield frame.astype(dtype)
 
     return metadata, frames()
 

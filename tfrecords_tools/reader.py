@@ -37,6 +37,73 @@ def _select_runs(info: dict, dataset_dir: str, split: Optional[str], splits_file
     return runs
 
 
+VERIFY_MODES = ("size", "sha256", "none")
+
+
+def verify_dataset(dataset_dir: str, sha256: bool = False, info: Optional[dict] = None,
+                   runs: Optional[Sequence[dict]] = None) -> None:
+    """Check the shards of `dataset_dir` (or of `runs`) against dataset.json.
+
+    Always: each path lies inside the folder, each run's shards cover frames 0..n-1 once
+    in order (record counts), and each shard exists with its recorded size. With `sha256`,
+    also every shard's sha256 (reads every byte). Raises ValueError naming every bad shard.
+    """
+    from tfrecords_tools.writer import shard_problem
+
+    info = info or schema.load_dataset_info(dataset_dir)
+    runs = info["runs"] if runs is None else runs
+    by_run = {}
+    for shard in info["shards"]:
+        by_run.setdefault(shard["run"], []).append(shard)
+    problems = []
+    for run in runs:
+        shards = sorted(by_run.get(run["key"], []), key=lambda s: s["first_frame"])
+        expected = 0
+        for shard in shards:
+            if shard["first_frame"] != expected:
+                problems.append(f"{shard['path']}: starts at frame {shard['first_frame']}, run "
+                                f"{run['key']} needs frame {expected} there")
+            expected = shard["first_frame"] + shard["num_records"]
+        if expected != run["num_frames"]:
+            problems.append(f"run {run['key']}: its shards hold {expected} records, dataset.json "
+                            f"says {run['num_frames']} frames")
+        for shard in shards:
+            problem = shard_problem(dataset_dir, shard, sha256=sha256)  # confines the path too
+            if problem:
+                problems.append(f"{schema.shard_path(dataset_dir, shard['path'])}: {problem}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"{dataset_dir}: {len(problems)} shard problem(s): " + "; ".join(problems[:5]) + more
+                         + "; re-run `tfbrain prepare` with the same arguments to redo them")
+
+
+_POSITION_ERROR = "record out of place"
+
+
+def explain_read_error(dataset_dir: str, error: Exception) -> Optional[ValueError]:
+    """A one-line ValueError naming the shard behind a tf.data read error, or None.
+
+    A position check failure already names its shard; for a DataLossError (corrupt
+    bytes) the shards are hashed against dataset.json to find the culprit.
+    """
+    import re
+
+    import tensorflow as tf
+
+    text = str(getattr(error, "message", error))
+    if _POSITION_ERROR in text:
+        match = re.search(r"(shard \S+: " + _POSITION_ERROR + r"[^\]\n]*)", text)
+        return ValueError(match.group(1).replace("b'", "").replace("'", "") if match else text.splitlines()[0])
+    if isinstance(error, (tf.errors.DataLossError, tf.errors.OutOfRangeError)) or "corrupted record" in text:
+        try:
+            verify_dataset(dataset_dir, sha256=True)
+        except ValueError as found:
+            return ValueError(f"cannot read a shard ({text.splitlines()[0]}): {found}")
+        return ValueError(f"{dataset_dir}: a shard cannot be read ({text.splitlines()[0]}), although every "
+                          "shard matches dataset.json")
+    return None
+
+
 def frame_span(num_frames: int, frames: Optional[tuple[float, float]]) -> tuple[int, int]:
     """[first, stop) frame indices kept of a run of `num_frames` by a `frames` fraction pair."""
     if frames is None:
@@ -100,7 +167,7 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
             cache: bool | str = False, repeat: bool = False, cycle_length: int = 4,
             shuffle_buffer: int = 16, pair_buffer: int = 4, splits_file: Optional[str] = None,
             subjects: Optional[Sequence[str]] = None, prefetch: bool = True,
-            frames: Optional[tuple[float, float]] = None):
+            frames: Optional[tuple[float, float]] = None, verify: str = "size"):
     """A `tf.data.Dataset` of `(window, label, subject_id)` from a converted folder.
 
     Args:
@@ -125,6 +192,11 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
         frames: (low, high) fractions: keep only frames [low * n, high * n) of each run of n
             frames, e.g. (0, 0.6) / (0.6, 0.8) / (0.8, 1) for a split in time when there is
             one subject (no window crosses a boundary).
+        verify: checks of the chosen runs' shards against dataset.json before reading:
+            `size` (default: paths, record counts, sizes; one stat per shard), `sha256`
+            (also hashes every shard) or `none`. Whatever this says, every record's run,
+            frame and shape are checked against its position while reading, and a
+            mismatch names the shard.
 
     Returns:
         elements `(window (D, H, W, T, 1), label (), subject ())`; label is int32 (class
@@ -143,6 +215,10 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
     if not runs:
         raise ValueError(f"no run of {dataset_dir} (split={split!r}) has enough frames for "
                          f"{'two windows' if pairs else 'one window'} of {window}")
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"`verify` must be one of {VERIFY_MODES}. Received: {verify!r}")
+    if verify != "none":
+        verify_dataset(dataset_dir, sha256=verify == "sha256", info=info, runs=runs)
     frame_shape = tuple(info["frame_shape"])
     storage = tf.as_dtype(info["dtype"])
     kind = info["labels"]["kind"]
@@ -152,34 +228,65 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
     shards = {}
     for shard in info["shards"]:
         shards.setdefault(shard["run"], []).append(shard)
-    files = ["\n".join(schema.join(dataset_dir, s["path"])
-                       for s in sorted(shards[r["key"]], key=lambda s: s["first_frame"])) for r in runs]
+    run_shards = [sorted(shards[r["key"]], key=lambda s: s["first_frame"]) for r in runs]
+    files = ["\n".join(schema.shard_path(dataset_dir, s["path"]) for s in ss) for ss in run_shards]
+    firsts = ["\n".join(str(s["first_frame"]) for s in ss) for ss in run_shards]
     labels = [(-1 if r["label"] is None else r["label"]) for r in runs]
     labels = np.asarray(labels, np.float32 if kind == "numeric" else np.int32)
     spans = np.asarray([frame_span(r["num_frames"], frames) for r in runs], np.int64)  # (runs, 2)
     restrict_frames = frames is not None
     deterministic = seed is not None
-    spec = {k: v for k, v in schema.feature_spec().items() if k in ("volume", "frame", "frame_label")}
+    spec = {k: v for k, v in schema.feature_spec().items()
+            if k in ("volume", "frame", "frame_label", "run", "shape")}
+    shape_tensor = tf.constant(frame_shape, tf.int64)
 
-    def decode(serialized):  # (n,) strings -> (n, D, H, W), (n,), (n,)
+    def decode(position, serialized):  # (n,) strings -> (n, D, H, W), (n,), (n,)
+        expected, run_key, run_files, run_firsts = position
         features = tf.io.parse_example(serialized, spec)
-        volume = tf.io.decode_raw(features["volume"], storage, little_endian=True)
+        # each record must be the one its position in the run's shards promises
+        in_place = tf.logical_and(tf.equal(features["frame"], expected), tf.equal(features["run"], run_key))
+        in_place = tf.logical_and(in_place, tf.reduce_all(tf.equal(features["shape"], shape_tensor[None]), axis=1))
+        ok = tf.reduce_all(in_place)
+
+        def fail():  # the message is only built when a record is out of place
+            i = tf.argmin(tf.cast(in_place, tf.int32))  # the first record out of place
+            first_frames = tf.strings.to_number(tf.strings.split(run_firsts, "\n"), tf.int64)
+            shard = tf.strings.split(run_files, "\n")[
+                tf.maximum(tf.searchsorted(first_frames, expected[i:i + 1], side="right")[0] - 1, 0)]
+            message = tf.strings.join([
+                "shard ", shard, ": " + _POSITION_ERROR + ": expected run ", run_key, " frame ",
+                tf.strings.as_string(expected[i]), " of shape " + "x".join(map(str, frame_shape)) + ", found run ",
+                features["run"][i], " frame ", tf.strings.as_string(features["frame"][i]), " of shape ",
+                tf.strings.reduce_join(tf.strings.as_string(features["shape"][i]), separator="x"),
+                " (swapped, replaced or re-converted shard: re-run `tfbrain prepare`)"])
+            with tf.control_dependencies([tf.debugging.Assert(False, [message], summarize=1)]):
+                return tf.constant(False)
+
+        checked = tf.cond(ok, lambda: tf.constant(True), fail)
+        with tf.control_dependencies([checked]):
+            volume = tf.io.decode_raw(features["volume"], storage, little_endian=True)
         volume = tf.reshape(volume, (-1,) + frame_shape)
         return volume, tf.cast(features["frame_label"], tf.int32), tf.cast(features["frame"], tf.int32)
 
-    def run_windows(run_files, subject, label, span):
+    def run_windows(run_files, subject, label, span, run_key, run_firsts):
         records = tf.data.TFRecordDataset(tf.strings.split(run_files, "\n"), compression_type=compression,
                                           buffer_size=8 << 20)
+        first = span[0] if restrict_frames else tf.constant(0, tf.int64)
         if restrict_frames:  # records are in frame order: keep frames [first, stop)
             records = records.skip(span[0]).take(span[1] - span[0])
+        records = records.enumerate().map(lambda i, r: (i + first, r))  # (the frame it must be, record)
+
+        def decode_batch(expected, serialized):
+            return decode((expected, run_key, run_files, run_firsts), serialized)
+
         if stride == window:  # each record lands in exactly one window: decode a whole window at once
-            ds = records.batch(window, drop_remainder=True).map(decode)
+            ds = records.batch(window, drop_remainder=True).map(decode_batch)
         else:
             if stride > window:  # frames between windows are never used: drop before decoding
-                records = records.enumerate().filter(lambda i, _: i % stride < window).map(lambda i, r: r)
-                ds = records.batch(window, drop_remainder=True).map(decode)
+                records = records.filter(lambda i, _: (i - first) % stride < window)
+                ds = records.batch(window, drop_remainder=True).map(decode_batch)
             else:
-                frame_ds = records.map(lambda r: tuple(x[0] for x in decode(r[None])))
+                frame_ds = records.map(lambda i, r: tuple(x[0] for x in decode_batch(i[None], r[None])))
                 ds = frame_ds.window(window, shift=stride, drop_remainder=True).flat_map(
                     lambda v, fl, f: tf.data.Dataset.zip((v.batch(window), fl.batch(window), f.batch(window))))
         if pairs:  # two windows of one run, never overlapping
@@ -189,7 +296,8 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
                 lambda v, fl, f: tf.abs(f[0, 0] - f[1, 0]) >= window)
         return ds.map(lambda v, fl, f: (v, fl, subject, label))
 
-    run_ds = tf.data.Dataset.from_tensor_slices((files, [r["subject"] for r in runs], labels, spans))
+    run_ds = tf.data.Dataset.from_tensor_slices((files, [r["subject"] for r in runs], labels, spans,
+                                                 [r["key"] for r in runs], firsts))
     if shuffle:
         run_ds = run_ds.shuffle(len(runs), seed=seed, reshuffle_each_iteration=True)
     if repeat and not cache:
@@ -241,7 +349,7 @@ def read_frames(dataset_dir: str, run: Optional[str] = None):
     import tensorflow as tf
 
     info = schema.load_dataset_info(dataset_dir)
-    paths = [schema.join(dataset_dir, s["path"]) for s in info["shards"] if run is None or s["run"] == run]
+    paths = [schema.shard_path(dataset_dir, s["path"]) for s in info["shards"] if run is None or s["run"] == run]
     return tf.data.TFRecordDataset(paths, compression_type=info["compression"]).map(
         lambda r: schema.parse_frame(r, info["frame_shape"], info["dtype"]))
 

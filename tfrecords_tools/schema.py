@@ -84,6 +84,18 @@ def parse_frame(serialized, frame_shape, dtype: str = "float16") -> dict:
     return features
 
 
+def shard_path(dataset_dir: str, relative: str) -> str:
+    """`dataset_dir/relative` for a shard path from dataset.json, confined to the dataset folder:
+    absolute paths, URLs and `..` are refused (a dataset.json must not open other files)."""
+    text = str(relative)
+    parts = text.replace("\\", "/").split("/")
+    if (not text or text.startswith("/") or "://" in text or ".." in parts
+            or (len(text) > 1 and text[1] == ":")):
+        raise ValueError(f"{join(dataset_dir, DATASET_JSON)}: shard path {text!r} is not inside the "
+                         "dataset folder (absolute paths and '..' are refused)")
+    return join(dataset_dir, text)
+
+
 def read_json(path: str) -> dict:
     import tensorflow as tf
 
@@ -92,10 +104,12 @@ def read_json(path: str) -> dict:
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to `path + .tmp`, then rename, so readers never see half a file."""
+    """Write JSON to `path + .tmp-<pid>`, then rename, so readers never see half a file."""
+    import os
+
     import tensorflow as tf
 
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp-{os.getpid()}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=False)
     tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from tfrecords_tools.errors import BadInputError
 
-_SAFE_KEY = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE_KEY = re.compile(r"[^\w.-]+")  # keeps non-ASCII letters: sub-é and sub-ü stay distinct
 _BIDS_ENTITY = re.compile(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9.+]+)")
 
 
@@ -46,8 +46,13 @@ class Run:
 
 
 def _read_table(path: str) -> list[dict]:
-    with open(path, newline="") as f:
-        text = f.read()
+    try:
+        with open(path, newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInputError(path, f"cannot read the table ({error})") from None
+    if not text.strip():
+        raise BadInputError(path, "the table is empty")
     delimiter = "\t" if (path.endswith((".tsv", ".tsv.gz")) or "\t" in text.splitlines()[0]) else ","
     return list(csv.DictReader(text.splitlines(), delimiter=delimiter))
 
@@ -122,8 +127,11 @@ def runs_from_bids(root: str, *, task: Optional[str] = None, space: Optional[str
         if not os.path.exists(participants):
             raise BadInputError(participants, f"not found, but label column {label_column!r} was asked for")
         rows = _read_table(participants)
-        if rows and label_column not in rows[0]:
-            raise BadInputError(participants, f"no column {label_column!r} (columns: {list(rows[0])})")
+        if not rows:
+            raise BadInputError(participants, "the table has no rows")
+        for column in ("participant_id", label_column):
+            if column not in rows[0]:
+                raise BadInputError(participants, f"no column {column!r} (columns: {list(rows[0])})")
         labels = {r["participant_id"].strip(): (r.get(label_column) or "").strip() for r in rows}
     runs = []
     for path in files:

@@ -13,11 +13,18 @@ import numpy as np
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def check_fractions(fractions: Sequence[float], names: Sequence[str] = SPLIT_NAMES) -> None:
+    """Raise ValueError unless `fractions` are len(names) finite non-negative numbers, not all 0."""
+    if (len(fractions) != len(names) or any(not np.isfinite(f) or f < 0 for f in fractions)
+            or not sum(fractions) > 0):
+        raise ValueError(f"`fractions` (--split) must be {len(names)} finite non-negative numbers, not all 0. "
+                         f"Received: {tuple(fractions)}")
+
+
 def make_splits(subjects: Sequence[str], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                 names: Sequence[str] = SPLIT_NAMES) -> dict[str, list[str]]:
     """Random subject split, fixed by `seed` (independent of the order of `subjects`)."""
-    if len(fractions) != len(names) or any(f < 0 for f in fractions) or not sum(fractions) > 0:
-        raise ValueError(f"`fractions` must be {len(names)} non-negative numbers. Received: {fractions}")
+    check_fractions(fractions, names)
     if len(set(subjects)) != len(subjects):
         raise ValueError("`subjects` has duplicates")
     fractions = np.asarray(fractions, np.float64) / np.sum(fractions)

@@ -8,19 +8,27 @@ Layout of a dataset folder:
     dataset.json             everything, assembled from runs/*.json at the end
     splits.json              subject splits (written once; never changed by a re-run)
 
-Crash safety: each shard is written as `<name>.tmp` and renamed when closed; a run counts as
-done only when `runs/<run>.json` exists, and that is renamed into place after all its shards.
-A re-run skips done runs and deletes whatever a half-finished run left behind, then
-converts it again from scratch. Conversion is deterministic, so the records are the same as
-those of an uninterrupted run.
+Crash safety: each shard is written as `<name>.tmp-<pid>` and renamed when closed; a run
+counts as done only when `runs/<run>.json` exists, its input fingerprint (size, mtime and
+sha256 of the NIfTI, mask and events files) still matches the inputs, and every shard it
+lists has the recorded size and sha256. Anything else (stale inputs, a corrupt or missing
+shard, a half-finished run) is converted again from scratch. Conversion is deterministic, so
+the records are the same as those of an uninterrupted run.
+
+Concurrency: `convert` holds an exclusive lock (`.lock`, flock) on a local output folder;
+a second conversion into the same folder is refused with a message naming the holder.
+Workers are killed with their parent (Linux).
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from typing import Optional, Sequence
@@ -76,6 +84,112 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_fingerprint(run: Run) -> dict:
+    """{role: {path, size, mtime_ns, sha256}} of a run's input files (NIfTI, mask, events)."""
+    files = {"nifti": run.path, "mask": run.mask_path, "events": run.events_path}
+    out = {}
+    for role, path in files.items():
+        if not path or "://" in str(path) or not os.path.exists(path):
+            out[role] = {"path": path}
+            continue
+        stat = os.stat(path)
+        out[role] = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                     "sha256": _file_sha256(path)}
+    return out
+
+
+def _same_inputs(run: Run, recorded: Optional[dict]) -> bool:
+    """Whether `run`'s inputs are those `recorded` (size + mtime, else the sha256 decides)."""
+    if not recorded:
+        return False
+    files = {"nifti": run.path, "mask": run.mask_path, "events": run.events_path}
+    for role, path in files.items():
+        entry = recorded.get(role) or {}
+        if bool(entry.get("path")) != bool(path):  # a mask or events file added or removed
+            return False
+        if "size" not in entry:
+            if path and "://" not in str(path) and os.path.exists(path):
+                return False  # a file that was missing then is there now
+            continue
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return False
+        if stat.st_size != entry["size"]:
+            return False
+        moved = os.path.abspath(path) != os.path.abspath(entry["path"])
+        if (stat.st_mtime_ns != entry["mtime_ns"] or moved) and _file_sha256(path) != entry["sha256"]:
+            return False
+    return True
+
+
+def shard_problem(output_dir: str, shard: dict, sha256: bool = True) -> Optional[str]:
+    """Why a shard does not match its dataset.json entry (missing, size, sha256), or None."""
+    import tensorflow as tf
+
+    path = schema.shard_path(output_dir, shard["path"])
+    try:
+        size = tf.io.gfile.stat(path).length
+    except tf.errors.NotFoundError:
+        return "missing"
+    if size != shard["bytes"]:
+        return f"{size} bytes on disk, dataset.json records {shard['bytes']} (truncated or replaced)"
+    if sha256 and _sha256(path) != shard["sha256"]:
+        return "sha256 differs from dataset.json (corrupt or replaced)"
+    return None
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str):
+    """Hold an exclusive lock on a local dataset folder; a second holder is refused."""
+    if "://" in str(output_dir):  # object stores have no flock: the caller must not run two
+        yield
+        return
+    import fcntl
+
+    path = os.path.join(output_dir, ".lock")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ValueError(f"{output_dir}: cannot write the output folder ({error.strerror or error})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise ValueError(f"{output_dir} is being converted by {holder}; wait for it to finish, "
+                             "or use another output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock (a killed holder releases it too)
+
+
+def _worker_init(parent_pid: Optional[int] = None) -> None:
+    """Pool initializer: die with the parent (a kill -9 of `prepare` ends its workers)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl
+            os._exit(1)
+
+
 def _shard_name(key: str, index: int, compression: str) -> str:
     return f"{key}.{index:05d}{schema.SHARD_SUFFIX[compression]}"
 
@@ -86,6 +200,9 @@ def _remove_leftovers(output_dir: str, key: str) -> None:
     pattern = schema.join(output_dir, schema.SHARD_DIR, f"{key}.[0-9][0-9][0-9][0-9][0-9].tfrecord*")
     for path in tf.io.gfile.glob(pattern):
         tf.io.gfile.remove(path)
+    marker = schema.join(output_dir, schema.RUN_DIR, key + ".json")
+    if tf.io.gfile.exists(marker):
+        tf.io.gfile.remove(marker)
 
 
 def _write_shards(output_dir: str, key: str, records, compression: str, shard_bytes: int) -> list[dict]:
@@ -94,21 +211,22 @@ def _write_shards(output_dir: str, key: str, records, compression: str, shard_by
 
     options = tf.io.TFRecordOptions(compression_type=compression)
     shards, writer, count, first, written = [], None, 0, 0, 0
+    tmp_suffix = f".tmp-{os.getpid()}"
 
     def close():
         writer.close()
         name = _shard_name(key, len(shards), compression)
         final = schema.join(output_dir, schema.SHARD_DIR, name)
-        size = tf.io.gfile.stat(final + ".tmp").length
+        size = tf.io.gfile.stat(final + tmp_suffix).length
         shards.append({"path": f"{schema.SHARD_DIR}/{name}", "run": key, "first_frame": first,
-                       "num_records": count, "bytes": int(size), "sha256": _sha256(final + ".tmp")})
-        tf.io.gfile.rename(final + ".tmp", final, overwrite=True)
+                       "num_records": count, "bytes": int(size), "sha256": _sha256(final + tmp_suffix)})
+        tf.io.gfile.rename(final + tmp_suffix, final, overwrite=True)
         _on_shard_written(final)
 
     for frame, serialized in records:
         if writer is None:
             name = _shard_name(key, len(shards), compression)
-            writer = tf.io.TFRecordWriter(schema.join(output_dir, schema.SHARD_DIR, name + ".tmp"), options)
+            writer = tf.io.TFRecordWriter(schema.join(output_dir, schema.SHARD_DIR, name + tmp_suffix), options)
             count, first, written = 0, frame, 0
         writer.write(serialized)
         count += 1
@@ -116,7 +234,7 @@ def _write_shards(output_dir: str, key: str, records, compression: str, shard_by
         if compression and count % 4 == 0:  # the compressed size is only known after a flush
             writer.flush()
             written = tf.io.gfile.stat(schema.join(
-                output_dir, schema.SHARD_DIR, _shard_name(key, len(shards), compression) + ".tmp")).length
+                output_dir, schema.SHARD_DIR, _shard_name(key, len(shards), compression) + tmp_suffix)).length
         if written >= shard_bytes:
             close()
             writer = None
@@ -131,6 +249,15 @@ def _convert_one(run: Run, output_dir: str, settings: dict) -> dict:
                                  for k, v in settings["preprocessing"].items()})
     labels = settings["labels"]
     _remove_leftovers(output_dir, run.key)
+    fingerprint = input_fingerprint(run)
+    try:
+        return _convert_checked(run, output_dir, settings, config, labels, fingerprint)
+    except BaseException:
+        _remove_leftovers(output_dir, run.key)  # no half-written shards of a failed run stay
+        raise
+
+
+def _convert_checked(run: Run, output_dir: str, settings: dict, config, labels: dict, fingerprint: dict) -> dict:
     metadata, frames = prepare_run(run.path, config, mask_path=run.mask_path, tr=run.tr)
 
     label = float("nan")
@@ -162,7 +289,7 @@ def _convert_one(run: Run, output_dir: str, settings: dict) -> dict:
     manifest = {"key": run.key, "subject": run.subject, "label": None if label != label else label,
                 "raw_label": run.label, "events": run.events_path, "mask": run.mask_path,
                 **metadata, "frame_labels": None if frame_labels is None else frame_labels.tolist(),
-                "shards": shards}
+                "inputs": fingerprint, "shards": shards}
     schema.write_json_atomic(schema.join(output_dir, schema.RUN_DIR, run.key + ".json"), manifest)
     return manifest
 
@@ -222,14 +349,32 @@ def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[Preprocess
         split_fractions, split_seed: subject splits written to splits.json if absent.
         progress: show a progress bar on stderr.
     """
-    import tensorflow as tf
-
     start = time.time()
     config = config or PreprocessConfig()
+    # every argument is checked before any work
     if compression not in schema.SHARD_SUFFIX:
         raise ValueError(f"`compression` must be 'GZIP' or ''. Received: {compression!r}")
     if label_type not in LABEL_TYPES:
         raise ValueError(f"`label_type` must be one of {LABEL_TYPES}. Received: {label_type!r}")
+    if not 0.0 <= min_coverage <= 1.0 or min_coverage != min_coverage:
+        raise ValueError(f"`min_coverage` must be a fraction of a frame in [0, 1]. Received: {min_coverage}")
+    if not np.isfinite(hrf_delay) or hrf_delay < 0:
+        raise ValueError(f"`hrf_delay` must be finite seconds >= 0. Received: {hrf_delay}")
+    if not shard_size_mb > 0:
+        raise ValueError(f"`shard_size_mb` must be > 0. Received: {shard_size_mb}")
+    if workers < 0:
+        raise ValueError(f"`workers` must be >= 0. Received: {workers}")
+    splits_lib.check_fractions(split_fractions)
+    with output_lock(str(output_dir)):
+        return _convert_locked(runs, str(output_dir), config, compression, shard_size_mb, workers,
+                               skip_bad, label_type, use_events, hrf_delay, min_coverage,
+                               split_fractions, split_seed, progress, start)
+
+
+def _convert_locked(runs, output_dir, config, compression, shard_size_mb, workers, skip_bad, label_type,
+                    use_events, hrf_delay, min_coverage, split_fractions, split_seed, progress, start):
+    import tensorflow as tf
+
     summary = ConversionSummary(output_dir=str(output_dir))
 
     def bad(error: BadInputError):
@@ -253,30 +398,35 @@ def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[Preprocess
     for sub in (schema.SHARD_DIR, schema.RUN_DIR):
         tf.io.gfile.makedirs(schema.join(output_dir, sub))
     settings_path = schema.join(output_dir, schema.CONVERSION_JSON)
-    if tf.io.gfile.exists(settings_path):
+    done_markers = tf.io.gfile.glob(schema.join(output_dir, schema.RUN_DIR, "*.json"))
+    if tf.io.gfile.exists(settings_path) and done_markers:
         previous = schema.read_json(settings_path)
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise ValueError(f"{output_dir} was converted with other settings ({', '.join(changed)} differ); "
                              "use a new output folder to change them, or the same settings to resume")
-    else:
+    else:  # nothing finished yet (e.g. a failed first try): the settings of this call hold
         schema.write_json_atomic(settings_path, settings)
 
     manifests, todo = {}, []
     for run in runs:
         path = schema.join(output_dir, schema.RUN_DIR, run.key + ".json")
         if tf.io.gfile.exists(path):
-            manifest = schema.read_json(path)
-            if all(tf.io.gfile.exists(schema.join(output_dir, s["path"])) for s in manifest["shards"]):
+            manifest = _read_marker(path)
+            reason = _stale_reason(run, manifest, output_dir)
+            if reason is None:
                 manifests[run.key] = manifest
                 summary.runs_already_done += 1
                 continue
+            logger.warning("converting %s again: %s", run.key, reason)
         todo.append(run)
 
     bar = _progress_bar(len(todo), progress)
     if workers and len(todo) > 1:
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                                                    initializer=_worker_init,
+                                                    initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_job, run, output_dir, settings) for run in todo]
             for future in concurrent.futures.as_completed(futures):
                 status, value = future.result()
@@ -313,6 +463,26 @@ def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[Preprocess
     summary.bytes = sum(s["bytes"] for s in info["shards"])
     summary.seconds = time.time() - start
     return summary
+
+
+def _read_marker(path: str) -> Optional[dict]:
+    try:
+        return schema.read_json(path)
+    except (ValueError, OSError):
+        return None  # a torn or garbled marker: the run is converted again
+
+
+def _stale_reason(run: Run, manifest: Optional[dict], output_dir: str) -> Optional[str]:
+    """Why a done-marker does not count (stale inputs, bad shards), or None when it does."""
+    if not manifest or "shards" not in manifest:
+        return "its done-marker is unreadable"
+    if not _same_inputs(run, manifest.get("inputs")):
+        return "its input files changed since it was converted"
+    for shard in manifest["shards"]:
+        problem = shard_problem(output_dir, shard)
+        if problem:
+            return f"shard {shard['path']}: {problem}"
+    return None
 
 
 def _dataset_info(output_dir: str, settings: dict, manifests: list[dict], skipped: list) -> dict:

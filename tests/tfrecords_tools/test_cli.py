@@ -39,7 +39,7 @@ class SampleDataTest(TestCase):
         shutil.copy(sample_data.studyforrest_localizer()["bold"], path)
         with open(path, "r+b") as f:
             f.truncate(100_000)
-        self.assertEqual(cli.main([path, "-o", os.path.join(folder, "out"), "--workers", "0", "--no-progress"]), 1)
+        self.assertEqual(cli.main([path, "-o", os.path.join(folder, "out"), "--workers", "0", "--no-progress"]), 2)
 
     def test_registered_as_tfbrain_prepare(self):
         from tfbrain.cli import SUBCOMMANDS

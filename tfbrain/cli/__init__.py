@@ -2,7 +2,8 @@
 `add_arguments(parser)` and `run(args) -> int`. Modules import nothing heavy at import
 time, so `tfbrain --help` (and every `tfbrain VERB --help`) starts without TensorFlow.
 
-Bad input (a ValueError, FileNotFoundError or a tfrecords_tools BadInputError) is reported
+Bad input (a ValueError, an OSError such as a missing or unwritable file, a KeyError, or a
+tfrecords_tools BadInputError) is reported
 as one line on stderr with exit code 2; `--debug` shows the traceback instead.
 """
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         return int(args._run(args) or 0)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:  # OSError: unreadable/unwritable files, ports
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"tfbrain {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -55,7 +55,15 @@ def run(args: argparse.Namespace) -> int:
         config.data.eval_stride = args.stride
     model = load_preset(args.model)
     datasets = make_datasets(config, type(model), family_of_backbone(model.backbone).input_kind)
-    report = evaluate_model(model, datasets, args.split, args.jit)
+    try:
+        report = evaluate_model(model, datasets, args.split, args.jit)
+    except Exception as error:  # a corrupt or misplaced shard: one line naming it
+        from tfbrain.training.trainer import _explain_read_error
+
+        explained = _explain_read_error(config.data.dataset_dir, error)
+        if explained is None:
+            raise
+        raise explained from error
     if report is None:
         print(f"tfbrain evaluate: split {args.split!r} of {config.data.dataset_dir} has no "
               "windows to score", file=sys.stderr)

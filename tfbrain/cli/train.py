@@ -8,6 +8,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field (repeatable), e.g. --set optim.epochs=2")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    rerun = parser.add_mutually_exclusive_group()
+    rerun.add_argument("--resume", action="store_true",
+                       help="continue the run in [run] output_dir although its config differs")
+    rerun.add_argument("--overwrite", action="store_true",
+                       help="delete the run in [run] output_dir and start afresh")
 
 
 def print_summary(summary: dict) -> None:
@@ -26,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from tfbrain.training.trainer import train
 
     config = load_config(args.config, args.set)
-    summary = train(config, verbose=0 if args.quiet else 2)
+    summary = train(config, verbose=0 if args.quiet else 2, resume=args.resume, overwrite=args.overwrite)
     if summary.get("interrupted"):
         print(f"interrupted at step {summary['global_step']}: {summary['reason']}; run the same "
               "command again to resume")

@@ -1,8 +1,11 @@
 """Resumable training state, the periodic checkpoint callback, and `best/` selection.
 
-`TrainingState` (`<run>/state/`) holds weights, optimizer slots and the global step; it is
-written with `tfbrain.atomic.atomic_folder`, so a kill at any moment leaves the previous
-or the new state, never a torn one.
+`TrainingState` (`<run>/state/`) holds weights, optimizer slots, the random-number state
+(every `SeedGenerator` of the model, e.g. dropout's, and Keras' global one) and the global
+step; it is written with `tfbrain.atomic.atomic_folder`, so a kill at any moment leaves the
+previous or the new state, never a torn one. With the RNG state restored, a resumed run
+draws the same dropout masks as an uninterrupted one (augmentation uses stateless seeds
+from (seed, window index) and needs nothing saved).
 """
 
 import json
@@ -33,6 +36,7 @@ class TrainingState:
             model.save_weights(str(tmp / "model.weights.h5"))
             slots = {f"v{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)}
             np.savez(tmp / "optimizer.npz", **slots)
+            np.savez(tmp / "rng.npz", **{f"v{i}": np.asarray(v) for i, v in enumerate(rng_variables(model))})
             (tmp / "state.json").write_text(json.dumps(
                 {**extra, "global_step": int(model.optimizer.iterations.numpy())}))
 
@@ -49,7 +53,25 @@ class TrainingState:
                                  f"this model's has {len(variables)}; the config changed?")
             for i, variable in enumerate(variables):
                 variable.assign(slots[f"v{i}"])
+        if (state_dir / "rng.npz").exists():  # states written before the RNG was saved lack it
+            with np.load(state_dir / "rng.npz") as saved:
+                variables = rng_variables(model)
+                if len(saved.files) != len(variables):
+                    raise ValueError(f"{state_dir}: saved RNG state has {len(saved.files)} generators, "
+                                     f"this model has {len(variables)}; the config changed?")
+                for i, variable in enumerate(variables):
+                    variable.assign(saved[f"v{i}"])
         return state
+
+
+def rng_variables(model: keras.Model) -> list:
+    """The model's seed-generator states (dropout, drop-path, ...) in a stable order, then
+    Keras' global seed generator (used by `keras.random` calls without a seed)."""
+    weights = {id(v) for v in model.weights}
+    variables = [v for v in model.variables if id(v) not in weights and "seed_generator" in v.path]
+    from keras.src.random.seed_generator import global_seed_generator
+
+    return variables + [global_seed_generator().state]
 
 
 class StateCheckpoint(keras.callbacks.Callback):

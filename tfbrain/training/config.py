@@ -6,8 +6,11 @@ thing). `docs/training.md` lists every field; `TrainConfig.from_toml(path)` read
 """
 
 import dataclasses
+import math
 import pathlib
 import tomllib
+import types
+import typing
 from typing import Optional
 
 from tfbrain.models.registry import DEFAULT_TASK_TYPE  # imports no TensorFlow
@@ -122,6 +125,8 @@ class TrainConfig:
             if bad:
                 raise ValueError(f"{source}: unknown field(s) {bad} in [{field.name}]; "
                                  f"known: {sorted(known)}")
+            for name, value in values.items():
+                _check_type(source, field.name, name, known[name].type, value)
             built[field.name] = section_cls(**values)
         config = cls(**built)
         config.validate(source)
@@ -180,6 +185,35 @@ class TrainConfig:
                 fail(f"[data] time_split must be 3 non-negative fractions summing to <= 1; got {fractions}")
         if self.optim.epochs < 1:
             fail(f"[optim] epochs must be >= 1; got {self.optim.epochs}")
+        optim = self.optim
+        if not (math.isfinite(optim.learning_rate) and optim.learning_rate >= 0):  # 0: weights stay
+            fail(f"[optim] learning_rate must be a finite number >= 0; got {optim.learning_rate}")
+        for name in ("weight_decay", "min_learning_rate", "clip_norm", "restart_cycle"):
+            value = getattr(optim, name)
+            if not (math.isfinite(value) and value >= 0):
+                fail(f"[optim] {name} must be a finite number >= 0; got {value}")
+        if optim.min_learning_rate > optim.learning_rate:
+            fail(f"[optim] min_learning_rate ({optim.min_learning_rate}) must not exceed learning_rate "
+                 f"({optim.learning_rate})")
+        if not (math.isfinite(optim.restart_gamma) and optim.restart_gamma > 0):
+            fail(f"[optim] restart_gamma must be a finite number > 0; got {optim.restart_gamma}")
+        if optim.steps_per_epoch < 0:
+            fail(f"[optim] steps_per_epoch must be >= 0; got {optim.steps_per_epoch}")
+        if not 0 <= self.model.dropout_rate < 1:
+            fail(f"[model] dropout_rate must be in [0, 1); got {self.model.dropout_rate}")
+        if not (math.isfinite(self.task.temperature) and self.task.temperature > 0):
+            fail(f"[task] temperature must be a finite number > 0; got {self.task.temperature}")
+        for name in ("noise_std", "smoothing_sigma", "max_shift", "shuffle_buffer"):
+            value = getattr(self.data, name)
+            if not (math.isfinite(value) and value >= 0):
+                fail(f"[data] {name} must be a finite number >= 0; got {value}")
+        if not 0 <= self.data.augment_probability <= 1:
+            fail(f"[data] augment_probability must be in [0, 1]; got {self.data.augment_probability}")
+        if self.run.checkpoint_every_steps < 0 or self.run.stop_after_steps < 0:
+            fail("[run] checkpoint_every_steps and stop_after_steps must be >= 0")
+        if self.model.preset and self.model.backbone:
+            fail(f"[model] backbone overrides {sorted(self.model.backbone)} apply only when building "
+                 "from family/variant, not to a preset; remove them or [model] preset")
         if not 0 <= self.optim.warmup_fraction < 1:
             fail(f"[optim] warmup_fraction must be in [0, 1); got {self.optim.warmup_fraction}")
 
@@ -203,6 +237,35 @@ class TrainConfig:
             return spec.name, self.model.variant or spec.default_variant
         spec, variant = resolve_variant(self.model.variant or LEGACY_DEFAULT_VARIANT)
         return spec.name, variant
+
+
+def _type_name(expected) -> str:
+    return {bool: "a boolean (true/false, unquoted)", int: "an integer", float: "a number",
+            str: "a string", dict: "a table", list: "an array"}.get(expected, str(expected))
+
+
+def _check_type(source: str, section: str, name: str, expected, value) -> None:
+    """TOML values must have the field's type: a quoted "false" is not a boolean, a
+    string is not a number (bool is no int here, though Python says so)."""
+    optional = typing.get_origin(expected) in (typing.Union, types.UnionType)
+    if optional:
+        args = [a for a in typing.get_args(expected) if a is not type(None)]
+        if value is None:
+            return
+        expected = args[0] if len(args) == 1 else expected
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected in (str, dict, list):
+        ok = isinstance(value, expected)
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{source}: [{section}] {name} must be {_type_name(expected)}; "
+                         f"got {value!r} ({type(value).__name__})")
 
 
 def _parse_value(text: str):

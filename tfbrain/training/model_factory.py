@@ -22,14 +22,28 @@ def build_task_model(config, datasets) -> keras.Model:
     else:
         family, variant = config.model_family_and_variant()
         # what the data fixes (window shape; streams, subjects, parcels), then the user's
-        # explicit overrides
+        # explicit overrides, whose names are checked against the constructor
+        spec = get_family(family)
+        check_backbone_keys(spec.backbone_class, config.model.backbone)
         overrides = {**datasets.backbone_overrides(), **config.model.backbone}
-        get_family(family)
         backbone = create_backbone(family, variant, **overrides)
     spec = family_of_backbone(backbone)
     check_inputs(backbone, datasets, spec.input_kind)
     backbone.trainable = not config.model.freeze_backbone
     return task_class.from_train_config(backbone, config.task, config.model, datasets.targets)
+
+
+def check_backbone_keys(backbone_class, overrides: dict) -> None:
+    """`[model] backbone` keys must be constructor arguments (a typo must not be ignored)."""
+    import inspect
+
+    parameters = inspect.signature(backbone_class.__init__).parameters
+    known = {n for n, p in parameters.items() if n != "self" and p.kind not in
+             (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)} | {"name"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"[model] backbone: unknown key(s) {unknown} for {backbone_class.__name__}; "
+                         f"known: {sorted(known)}")
 
 
 def check_inputs(backbone, datasets, input_kind: str) -> None:

@@ -10,6 +10,10 @@ Layout of a run folder (`[run] output_dir`):
   history.json         per-epoch logs
   report.json          the Task's evaluation of `best` on the val and test splits
 
+Reruns: a run folder that holds a run of another config is refused unless `resume=True`
+(continue its state with the new config) or `overwrite=True` (start afresh); the same
+config resumes. Temporary folders left by a kill (`.state.tmp-*`, ...) are removed first.
+
 Resuming: training runs one `fit` call per epoch over a dataset that depends only on
 (seed, epoch), so a run that restarts from `state/` at global step s rebuilds epoch
 s // S, skips its first s % S batches, and continues: no step is lost or repeated.
@@ -20,7 +24,9 @@ The jobs live in their own modules: `distribution` (strategies), `targets` and `
 """
 
 import json
+import os
 import pathlib
+import shutil
 
 import keras
 
@@ -46,8 +52,75 @@ def _input_kind(config: TrainConfig) -> str:
     return get_family(config.model_family_and_variant()[0]).input_kind
 
 
-def train(config: TrainConfig, verbose: int = 1) -> dict:
-    """Train (or resume) a run; returns a summary dict (paths, history, report)."""
+# fields that may change between a run and its resumption without --resume
+_RERUN_FREE_FIELDS = {("run", "stop_after_steps")}
+_RUN_OUTPUTS = ("state", "best", "final", "tensorboard", "history.json", "report.json", "config.json")
+
+
+def _config_changes(previous: dict, current: dict) -> list[str]:
+    changed = []
+    for section in sorted(set(previous) | set(current)):
+        old, new = previous.get(section) or {}, current.get(section) or {}
+        for field in sorted(set(old) | set(new)):
+            if (section, field) not in _RERUN_FREE_FIELDS and old.get(field) != new.get(field):
+                changed.append(f"{section}.{field}: {old.get(field)!r} -> {new.get(field)!r}")
+    return changed
+
+
+def prepare_run_folder(out: pathlib.Path, config_dict: dict, resume: bool = False,
+                       overwrite: bool = False) -> None:
+    """Refuse to mix runs: a folder of another config needs `resume` or `overwrite`; remove
+    temporary folders and files that a kill left behind."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    for leftover in out.glob(".*.tmp-*") if out.exists() else []:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    if overwrite:
+        for name in _RUN_OUTPUTS:
+            for path in (out / name, out / (name + ".old")):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        return
+    config_path = out / "config.json"
+    has_run = any((out / name).exists() for name in ("state", "state.old", "final", "history.json"))
+    if not has_run or resume:
+        return
+    if not config_path.exists():
+        raise ValueError(f"{out} holds a run without config.json; pass --resume to continue it "
+                         "with this config, or --overwrite to start afresh")
+    try:
+        previous = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{config_path}: unreadable ({err}); pass --resume or --overwrite") from None
+    changes = _config_changes(previous, config_dict)
+    if changes:
+        raise ValueError(f"{out} holds a run with another config ({'; '.join(changes[:4])}"
+                         f"{'; ...' if len(changes) > 4 else ''}); pass --resume to continue it with "
+                         "this config, --overwrite to start afresh, or use another [run] output_dir")
+
+
+def _absolute_paths(config: TrainConfig) -> None:
+    """Relative dataset paths become absolute, so presets work from any folder."""
+    for name in ("dataset_dir", "splits_file"):
+        value = getattr(config.data, name)
+        if value and "://" not in value and not os.path.isabs(value):
+            setattr(config.data, name, os.path.abspath(value))
+
+
+def train(config: TrainConfig, verbose: int = 1, *, resume: bool = False,
+          overwrite: bool = False) -> dict:
+    """Train (or resume) a run; returns a summary dict (paths, history, report).
+
+    Args:
+        resume: continue the state in `[run] output_dir` even if it was trained with
+            another config.
+        overwrite: delete the run in `[run] output_dir` and start afresh.
+    """
     from tfbrain.models.registry import get_task_class
     from tfbrain.training import metrics as metrics_lib
     from tfbrain.training.data import make_datasets
@@ -56,10 +129,14 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
     from tfbrain.training.tensorboard import (tensorboard_callbacks, write_attribution_image,
                                               write_embeddings, write_split_metrics)
 
+    from tfbrain.atomic import atomic_write_text
+
+    _absolute_paths(config)
     keras.utils.set_random_seed(config.run.seed)
     keras.mixed_precision.set_global_policy(config.optim.mixed_precision)
     try:
         out = pathlib.Path(config.run.output_dir)
+        prepare_run_folder(out, config.to_dict(), resume=resume, overwrite=overwrite)
         task_class = get_task_class(config.task.type)
         datasets = make_datasets(config, task_class, _input_kind(config))
         strategy = make_strategy(config.run.strategy)
@@ -67,8 +144,6 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
         # every worker saves (collectives may need all), but only the chief into the run folder
         work_dir = out if chief else out / f".worker-{strategy.cluster_resolver.task_id}"
         work_dir.mkdir(parents=True, exist_ok=True)
-        if chief:
-            (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         steps = datasets.steps_per_epoch
         total_steps = steps * config.optim.epochs
         with strategy.scope():
@@ -82,6 +157,11 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
         start_step = state.restore(train_model)["global_step"] if state.exists() else 0
         history_path = work_dir / "history.json"
         history = json.loads(history_path.read_text()) if start_step and history_path.exists() else []
+        # a kill between writing history.json and the end-of-epoch state leaves an epoch that
+        # will run again: keep only the epochs the state has finished
+        history = [h for h in history if h["epoch"] <= start_step // steps]
+        if chief:  # written once the model is built and its state restored: this config runs
+            atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
         monitor, mode = config.monitor()
         previous_best = None
         if start_step and (out / "best" / "metadata.json").exists():
@@ -114,7 +194,7 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
                 logs["learning_rate"] = float(train_model.optimizer.learning_rate)
                 history.append({"epoch": epoch + 1, **logs})
                 if chief:
-                    history_path.write_text(json.dumps(history, indent=2))
+                    atomic_write_text(history_path, json.dumps(history, indent=2))
                 state.save(train_model, {"epoch": epoch + 1})
         except SimulatedInterruption as stop:
             return {"interrupted": True, "reason": str(stop), "output_dir": str(out),
@@ -148,5 +228,21 @@ def train(config: TrainConfig, verbose: int = 1) -> dict:
             if config.tensorboard.embeddings:
                 write_embeddings(model, datasets, work_dir / "tensorboard")
         return summary
+    except Exception as error:  # a tf.data read error names no shard: find it
+        explained = _explain_read_error(config.data.dataset_dir, error)
+        if explained is None:
+            raise
+        raise explained from error
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _explain_read_error(dataset_dir: str, error: Exception):
+    """A ValueError naming the shard behind a tf.data read error, or None for other errors."""
+    import tensorflow as tf
+
+    if not isinstance(error, (tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
+        return None
+    from tfrecords_tools.reader import explain_read_error
+
+    return explain_read_error(dataset_dir, error)
