@@ -67,7 +67,7 @@ def windows_from_dataset(dataset_dir, window_shape: tuple[int, ...], split: str 
 
     frames = window_shape[3]
     dataset = tfrecords_tools.windows(str(dataset_dir), split, window=frames, shuffle=False,
-                                      seed=None, dtype="float32", prefetch=False)
+                                      seed=0, dtype="float32", prefetch=False)
     if max_windows:
         dataset = dataset.take(max_windows)
     windows = [window for window, _label, _subject in dataset.as_numpy_iterator()]

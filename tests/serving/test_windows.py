@@ -20,7 +20,7 @@ class ServingPreprocessingTest(TestCase):
         tfrecords_tools.convert([tfrecords_tools.Run(path=sample["bold"], subject="s01")],
                                 folder, config=config, workers=0, progress=False)
         prepared = np.stack([w for w, _, _ in tfrecords_tools.windows(
-            folder, None, window=8, shuffle=False, seed=None).as_numpy_iterator()])
+            folder, None, window=8, shuffle=False, seed=0).as_numpy_iterator()])  # in order
         served = windows_from_nifti(sample["bold"], (48, 48, 24, 8, 1),
                                     preprocessing_from_file(f"{folder}/dataset.json"))
         self.assertEqual(served.shape, prepared.shape)

@@ -72,7 +72,8 @@ def convert(family: str, state_dict_path, out_dir, upstream_kwargs_path=None, ta
     kwargs = load_upstream_kwargs(upstream_kwargs_path, hparams, paths[0])
     model = converter(state_dict, kwargs, task=task)
     save_preset(model, out_dir, extra_metadata={
-        "source": {"files": [p.name for p in paths], "sha256": [_sha256(p) for p in paths],
+        "source": {**({"file": paths[0].name, "sha256": _sha256(paths[0])} if len(paths) == 1 else
+                      {"files": [p.name for p in paths], "sha256": [_sha256(p) for p in paths]}),
                    "family": spec.name, "upstream_repo": spec.upstream.repo,
                    "upstream_commit": spec.upstream.commit, "upstream_kwargs": kwargs},
         "conversion_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
