@@ -160,6 +160,29 @@ def create_backbone(family_or_variant: str, variant: str | None = None, **overri
     return spec.backbone_class(**{**spec.variants[variant], **overrides})
 
 
+class FamilyEntryPoint:
+    """Base of the per-family entry points (`SwiFT`, `NeuroSTORM`, ...): set `family`.
+
+    `Family.from_pretrained(preset)` loads a converted preset (a name looked up under
+    $TFBRAIN_PRESETS and ~/.cache/tfbrain/presets, or a folder);
+    `Family.backbone(variant=None, **overrides)` builds an untrained variant (default: the
+    family's default variant).
+    """
+
+    family: str = ""
+
+    @classmethod
+    def from_pretrained(cls, preset, load_weights=True, **config_overrides):
+        from tfbrain.models.loading import load_preset
+
+        return load_preset(preset, load_weights=load_weights, **config_overrides)
+
+    @classmethod
+    def backbone(cls, variant=None, **overrides):
+        spec = get_family(cls.family)
+        return create_backbone(cls.family, variant or spec.default_variant, **overrides)
+
+
 # === Tasks ===
 # Task classes register under the `[task] type` name that training configs use
 # ("classification", "regression", "contrastive", "mae", ...).

@@ -3,7 +3,7 @@
 from tfbrain.models.bixt.bixt_backbone import BiXTBackbone
 from tfbrain.models.bixt.bixt_conversion import UPSTREAM, convert_bixt
 from tfbrain.models.bixt.bixt_presets import BIXT_PRESETS, BIXT_VARIANTS
-from tfbrain.models.registry import FamilySpec, create_backbone, register_family
+from tfbrain.models.registry import FamilyEntryPoint, FamilySpec, register_family
 
 register_family(FamilySpec(
     name="bixt", backbone_class=BiXTBackbone, variants=BIXT_VARIANTS,
@@ -14,7 +14,7 @@ register_family(FamilySpec(
                 "ImageNet checkpoints"))
 
 
-class BiXT:
+class BiXT(FamilyEntryPoint):
     """Entry point for BiXT models.
 
     `BiXT.from_pretrained("bixt.bixt_ti_l64_p16.in1k")` loads a converted preset (a name looked
@@ -22,12 +22,4 @@ class BiXT:
     `BiXT.backbone("bixt_fmri_ti", **overrides)` builds an untrained variant.
     """
 
-    @staticmethod
-    def from_pretrained(preset, load_weights=True, **config_overrides):
-        from tfbrain.models.loading import load_preset
-
-        return load_preset(preset, load_weights=load_weights, **config_overrides)
-
-    @staticmethod
-    def backbone(variant="bixt_fmri_ti", **overrides):
-        return create_backbone("bixt", variant, **overrides)
+    family = "bixt"

@@ -4,7 +4,7 @@ windows (Kannan et al., MICCAI 2025)."""
 from tfbrain.models.brainmt.brainmt_backbone import BrainMTBackbone
 from tfbrain.models.brainmt.brainmt_conversion import UPSTREAM, convert_brainmt
 from tfbrain.models.brainmt.brainmt_presets import BRAINMT_PRESETS, BRAINMT_VARIANTS
-from tfbrain.models.registry import FamilySpec, create_backbone, register_family
+from tfbrain.models.registry import FamilyEntryPoint, FamilySpec, register_family
 
 register_family(FamilySpec(
     name="brainmt", backbone_class=BrainMTBackbone, variants=BRAINMT_VARIANTS,
@@ -14,19 +14,11 @@ register_family(FamilySpec(
                 "attention over the same sequence (BrainMT, MICCAI 2025)"))
 
 
-class BrainMT:
+class BrainMT(FamilyEntryPoint):
     """Entry point for BrainMT models.
 
     `BrainMT.from_pretrained(folder)` loads a converted preset folder;
     `BrainMT.backbone("brainmt_paper", **overrides)` builds an untrained variant.
     """
 
-    @staticmethod
-    def from_pretrained(preset, load_weights=True, **config_overrides):
-        from tfbrain.models.loading import load_preset
-
-        return load_preset(preset, load_weights=load_weights, **config_overrides)
-
-    @staticmethod
-    def backbone(variant="brainmt_paper", **overrides):
-        return create_backbone("brainmt", variant, **overrides)
+    family = "brainmt"

@@ -4,7 +4,7 @@ from tfbrain.models.neurostorm.neurostorm_backbone import NeuroSTORMBackbone
 from tfbrain.models.neurostorm.neurostorm_conversion import UPSTREAM, convert_neurostorm
 from tfbrain.models.neurostorm.neurostorm_pretraining import NeuroSTORMMAE
 from tfbrain.models.neurostorm.neurostorm_presets import NEUROSTORM_PRESETS, NEUROSTORM_VARIANTS
-from tfbrain.models.registry import FamilySpec, create_backbone, register_family
+from tfbrain.models.registry import FamilyEntryPoint, FamilySpec, register_family
 
 register_family(FamilySpec(
     name="neurostorm", backbone_class=NeuroSTORMBackbone, variants=NEUROSTORM_VARIANTS,
@@ -13,7 +13,7 @@ register_family(FamilySpec(
     description="4D shifted windows with Mamba mixers, MAE pretraining (NeuroSTORM)"))
 
 
-class NeuroSTORM:
+class NeuroSTORM(FamilyEntryPoint):
     """Entry point for NeuroSTORM models.
 
     `NeuroSTORM.from_pretrained("neurostorm.mae-hcp")` loads a converted preset (a name
@@ -22,12 +22,4 @@ class NeuroSTORM:
     `NeuroSTORMMAE(backbone, mask_ratio=0.5)` wraps one for MAE pretraining.
     """
 
-    @staticmethod
-    def from_pretrained(preset, load_weights=True, **config_overrides):
-        from tfbrain.models.loading import load_preset
-
-        return load_preset(preset, load_weights=load_weights, **config_overrides)
-
-    @staticmethod
-    def backbone(variant="neurostorm_paper", **overrides):
-        return create_backbone("neurostorm", variant, **overrides)
+    family = "neurostorm"

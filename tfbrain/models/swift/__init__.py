@@ -1,6 +1,6 @@
 """SwiFT: Swin 4D fMRI Transformer."""
 
-from tfbrain.models.registry import FamilySpec, UpstreamInfo, create_backbone, register_family
+from tfbrain.models.registry import FamilyEntryPoint, FamilySpec, UpstreamInfo, register_family
 from tfbrain.models.swift.swift_backbone import SwiFTBackbone
 from tfbrain.models.swift.swift_conversion import UPSTREAM, convert_swift
 from tfbrain.models.swift.swift_presets import SWIFT_PRESETS, SWIFT_VARIANTS
@@ -12,7 +12,7 @@ register_family(FamilySpec(
     description="4D Swin transformer with shifted 4D windows (Kim et al., NeurIPS 2023)"))
 
 
-class SwiFT:
+class SwiFT(FamilyEntryPoint):
     """Entry point for SwiFT models.
 
     `SwiFT.from_pretrained("swift.hcp-sex")` loads a converted preset (a name
@@ -20,12 +20,4 @@ class SwiFT:
     `SwiFT.backbone("swift_paper", **overrides)` builds an untrained variant.
     """
 
-    @staticmethod
-    def from_pretrained(preset, load_weights=True, **config_overrides):
-        from tfbrain.models.loading import load_preset
-
-        return load_preset(preset, load_weights=load_weights, **config_overrides)
-
-    @staticmethod
-    def backbone(variant="swift_paper", **overrides):
-        return create_backbone("swift", variant, **overrides)
+    family = "swift"
