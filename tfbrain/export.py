@@ -156,7 +156,7 @@ def build_serving_functions(model: keras.Model) -> dict[str, tf.types.experiment
         return embed(inputs)
 
     def embed(inputs):
-        if is_task:  # the Task's own embedding (the backbone's pooling, or its override)
+        if is_task and hasattr(model, "embed"):  # the Task's (backbone pooling or its override)
             return {EMBEDDING_OUTPUT: tf.cast(model.embed(_structure(model, inputs)), tf.float32)}
         features = backbone(_structure(backbone, inputs), training=False)
         pooled = backbone.pool(features) if hasattr(backbone, "pool") else tf.reduce_mean(

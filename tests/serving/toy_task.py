@@ -4,7 +4,7 @@ Contract (the part of `tfbrain.models.task.Task` that export and serving use): a
 registered functional `keras.Model` with one input named "fmri", shape (B, D, H, W, T, C)
 float32, a dict output ({"logits"}, {"prediction"} or {"embedding"}), a `.backbone`
 functional model with the same input and a (B, D', H', W', T', C') output,
-`serving_outputs(outputs)` and `task_metadata()`.
+`serving_outputs(outputs)`, `task_metadata()` and `embed(inputs)`.
 
 Letters: B batch, D/H/W space, T frames, C channels.
 """
@@ -70,6 +70,9 @@ class ToyFMRITask(keras.Model):
 
     def task_metadata(self):
         return {"type": self.task_type, "num_classes": self.num_classes}
+
+    def embed(self, fmri):
+        return ops.mean(self.backbone(fmri), axis=(1, 2, 3, 4))
 
     def get_config(self):
         return {"name": self.name, "volume_shape": list(self.volume_shape),
