@@ -49,3 +49,31 @@ def test_stage1_trains_and_is_selected_by_pearson_r(encoding_dataset, tmp_path):
     model = load_preset(summary["best"])
     assert model.task_type == "flow_stage1"
     assert model.backbone.stream_names == ("text", "video")  # taken from the dataset
+
+
+def test_stage2_trains_on_the_frozen_stage1_anchor(encoding_dataset, tmp_path):
+    from tfbrain.models.flow_encoder import FLOW_CFM_VARIANTS
+
+    common = {"data": {"dataset_dir": encoding_dataset, "window": 16, "stride": 8,
+                       "eval_stride": 16, "batch_size": 4, "eval_batch_size": 4},
+              "tensorboard": {"enabled": False}}
+    stage1 = train(TrainConfig.from_dict({
+        **common, "model": {"family": "flow_encoder", "variant": "flow_encoder_tiny"},
+        "task": {"type": "flow_stage1"},
+        "optim": {"learning_rate": 1e-2, "epochs": 4, "jit_compile": False},
+        "run": {"output_dir": str(tmp_path / "stage1"), "seed": 1}}), verbose=0)
+    anchor = load_preset(stage1["best"]).backbone.get_weights()
+    stage2 = train(TrainConfig.from_dict({
+        **common, "model": {"preset": stage1["best"]},
+        "task": {"type": "flow_cfm", "options": {**FLOW_CFM_VARIANTS["flow_encoder_tiny"],
+                                                 "seed": 1}},
+        "optim": {"learning_rate": 3e-3, "epochs": 2, "jit_compile": False},
+        "run": {"output_dir": str(tmp_path / "stage2"), "seed": 1}}), verbose=0)
+    model = load_preset(stage2["best"])
+    assert model.task_type == "flow_cfm"
+    for a, b in zip(anchor, model.backbone.get_weights()):  # Stage 1 stays frozen
+        np.testing.assert_array_equal(a, b)
+    test = stage2["report"]["test"]
+    for key in ("pearson_r", "pearson_r_mean_anchor", "pearson_r_one_sample",
+                "pearson_r_mean_of_samples"):
+        assert np.isfinite(test[key]), key

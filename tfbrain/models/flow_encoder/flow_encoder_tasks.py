@@ -334,6 +334,8 @@ class FlowCFMTask(Task):
         return super().__call__(self.backbone.as_stream_dict(inputs), *args, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if isinstance(y, dict):  # `tfbrain train` keys targets by the output
+            y = y[self.output_key]
         loss = self.flow_head.loss(y, y_pred["mean"], seed=self.seed_generator.next(),
                                    training=training)
         for extra in self.losses:
