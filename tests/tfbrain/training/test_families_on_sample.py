@@ -1,7 +1,8 @@
 """`tfbrain train` drives every family and task through the registry, on the bundled
-studyforrest sample (tiny variants): SwiFT and NeuroSTORM from scratch, NeuroSTORM MAE
-pretraining from scratch, then a NeuroSTORM classifier fine-tuned from the MAE run's
-backbone."""
+studyforrest sample (tiny variants): SwiFT, NeuroSTORM, BrainMT and BiXT from scratch,
+NeuroSTORM MAE pretraining from scratch, then a NeuroSTORM classifier fine-tuned from the
+MAE run's backbone. (The flow-matching encoder takes feature streams, not windows:
+tests/tfbrain/training/test_encoding_training.py.)"""
 
 import json
 import os
@@ -18,10 +19,10 @@ from tfbrain.training.trainer import train
 
 @pytest.fixture(scope="module")
 def sample_dataset(tmp_path_factory):
-    """The sample run on a 16 x 16 x 8 grid, event labels (rest vs the six categories)."""
+    """The sample run on a 16^3 grid, event labels (rest vs the six categories)."""
     sample = studyforrest_localizer()
     folder = str(tmp_path_factory.mktemp("sample") / "dataset")
-    config = tfrecords_tools.PreprocessConfig(target_shape=(16, 16, 8), mask_method="mean",
+    config = tfrecords_tools.PreprocessConfig(target_shape=(16, 16, 16), mask_method="mean",
                                               normalization="voxelwise", min_frames=8)
     tfrecords_tools.convert([tfrecords_tools.Run(path=sample["bold"], subject="forrest01",
                                                  events_path=sample["events"])],
@@ -46,7 +47,9 @@ def sample_config(dataset_dir, output_dir, **sections):
 
 @pytest.mark.parametrize("family,task", [("swift", "classification"),
                                          ("neurostorm", "classification"),
-                                         ("neurostorm", "contrastive")])
+                                         ("neurostorm", "contrastive"),
+                                         ("brainmt", "classification"),
+                                         ("bixt", "classification")])
 def test_family_trains_from_scratch(sample_dataset, tmp_path, family, task):
     variant = f"{family}_tiny"
     config = sample_config(sample_dataset, str(tmp_path / "run"),
@@ -58,6 +61,12 @@ def test_family_trains_from_scratch(sample_dataset, tmp_path, family, task):
     metadata = json.load(open(os.path.join(summary["best"], "metadata.json")))
     assert metadata["train_config"]["model"]["family"] == family
     assert summary["report"]["test"]  # the Task's evaluation of the held-out block
+    if model.attributable:  # an Integrated-Gradients NIfTI in the run's original space
+        from tfbrain.training.attribution import write_attribution
+
+        details = write_attribution(model, sample_dataset, "forrest01", str(tmp_path / "ig.nii.gz"),
+                                    window=4, stride=40, steps=2)
+        assert details["shape"] == [40, 40, 17] and details["mass_in_brain"] == pytest.approx(1.0)
 
 
 def test_mae_pretraining_then_fine_tuning_from_its_backbone(sample_dataset, tmp_path):
