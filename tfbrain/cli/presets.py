@@ -57,21 +57,25 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    width = max([len(v["name"]) for f in info["families"] for v in f["variants"]] + [8]) + 2
     for family in info["families"]:
         print(f"{family['name']}: {family['description']}")
         print(f"  input kind {family['input_kind']}, upstream {family['upstream']}, "
               f"converter {'yes' if family['converter'] else 'no'}, default task "
               f"{family['default_task']}")
         for v in family["variants"]:
-            params = f"{v['parameters']:>13,}" if "parameters" in v else f"{'':>13}"
-            mark = " (default)" if v["default"] else ""
-            print(f"    {v['name']:<24}{params} params  input {tuple(v['input_shape'])}{mark}")
+            params = f"{v['parameters']:>13,} params  " if "parameters" in v else ""
+            shape = v["input_shape"]
+            shape = (f"input {tuple(shape) if not shape or not isinstance(shape[0], list) else shape}"
+                     if shape else f"input from the dataset ({family['input_kind']})")
+            mark = "  (default)" if v["default"] else ""
+            print(f"    {v['name']:<{width}}{params}{shape}{mark}")
     print(f"\ntask types ([task] type): {', '.join(info['task_types'])}")
     if info["presets"]:
         print("\nnamed presets:")
         for p in info["presets"]:
             state = f"present at {p['local_path']}" if p["local_path"] else "not on this machine"
-            print(f"  {p['name']:<24}{state}: {p['description']}")
+            print(f"  {p['name']}: {state}; {p['description']}")
             if not p["local_path"]:
-                print(f"  {'':<24}to make it: {p['how_to_make']}")
+                print(f"      to make it: {p['how_to_make']}")
     return 0
