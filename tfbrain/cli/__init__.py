@@ -45,10 +45,31 @@ def _version() -> str:
     return f"tfbrain {__version__}"
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its native start-up lines (CUDA probing on a machine without a
+    GPU, CPU feature notes) kept off the terminal: they are written to file descriptor 2
+    before TF_CPP_MIN_LOG_LEVEL applies. Python errors still surface, after the import."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            except Exception:  # re-raised below with stderr back in place
+                pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug:
         return int(args._run(args) or 0)
+    _import_tensorflow_quietly()
     try:
         return int(args._run(args) or 0)
     except (ValueError, OSError, KeyError) as err:  # OSError: unreadable/unwritable files, ports
