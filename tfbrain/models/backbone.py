@@ -94,21 +94,24 @@ def check_volume_geometry(volume_shape, patch_size, num_stages, max_frames) -> N
                          "the temporal position table cannot cover longer windows.")
 
 
-def check_fmri_input(model_name: str, fmri, volume_shape, max_frames) -> None:
-    """Clear errors for the usual input mistakes, before Keras' generic input check."""
+def check_fmri_input(model_name: str, fmri, volume_shape, max_frames,
+                     axes: str = "(B, D, H, W, T, C)") -> None:
+    """Clear errors for the usual input mistakes, before Keras' generic input check.
+    `axes` names the six axes in the message (BrainMT reads NIfTI axes: B, X, Y, Z, T, C)."""
     shape = getattr(fmri, "shape", None)
     if shape is None:
         return
     expected = f"(batch, {', '.join(str(v) for v in volume_shape)})"
     if len(shape) != 6:
         raise ValueError(f"{model_name} expects fmri windows of shape {expected} "
-                         f"(B, D, H, W, T, C), channels-last; received rank {len(shape)} "
+                         f"{axes}, channels-last; received rank {len(shape)} "
                          f"shape {tuple(shape)}")
     if tuple(shape[1:4]) != tuple(volume_shape[:3]) or shape[5] != volume_shape[4]:
         raise ValueError(f"{model_name} expects fmri windows of shape {expected}; received "
                          f"{tuple(shape)}. The spatial size is fixed by the position tables.")
     if shape[4] is not None and shape[4] > max_frames:
-        raise ValueError(f"{model_name} expects at most {max_frames} frames, shape {expected}; "
+        raise ValueError(f"{model_name} expects at most {max_frames} frames (`max_frames`, the "
+                         f"temporal position table's length), shape {expected}; "
                          f"received T={shape[4]} in {tuple(shape)}")
     if shape[4] is not None and shape[4] != volume_shape[3]:
         raise ValueError(f"{model_name} was built for T={volume_shape[3]} frames {expected}; "

@@ -124,13 +124,19 @@ def resolve_variant(family_or_variant: str) -> tuple[FamilySpec, str]:
                      f"known variants: {known}")
 
 
-def family_of_backbone(backbone) -> FamilySpec:
-    """The registered family whose backbone class `backbone` is an instance of."""
+def family_of_backbone_class(backbone_class) -> FamilySpec:
+    """The registered family whose backbone class `backbone_class` is (or derives from)."""
     _import_families()
     for spec in _FAMILIES.values():
-        if isinstance(backbone, spec.backbone_class):
+        if isinstance(backbone_class, type) and issubclass(backbone_class, spec.backbone_class):
             return spec
-    raise ValueError(f"{type(backbone).__name__} belongs to no registered family")
+    name = getattr(backbone_class, "__name__", backbone_class)
+    raise ValueError(f"{name} belongs to no registered family")
+
+
+def family_of_backbone(backbone) -> FamilySpec:
+    """The registered family whose backbone class `backbone` is an instance of."""
+    return family_of_backbone_class(type(backbone))
 
 
 def get_converter(name: str):

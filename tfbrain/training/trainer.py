@@ -41,14 +41,20 @@ __all__ = ["train", "SimulatedInterruption"]
 
 def _input_kind(config: TrainConfig) -> str:
     """The input kind of the model the config trains (from the registry)."""
-    from tfbrain.models.registry import family_of_backbone, get_family
+    from tfbrain.models.registry import family_of_backbone_class, get_family
 
     if config.model.preset:
-        from tfbrain.models.loading import load_preset
+        # read from config.json: building the preset's model here would build it twice
         from tfbrain.models.task import Task
+        from tfbrain.presets import read_preset_config
 
-        loaded = load_preset(config.model.preset, load_weights=False)
-        return family_of_backbone(loaded.backbone if isinstance(loaded, Task) else loaded).input_kind
+        _, preset = read_preset_config(config.model.preset)
+        cls = keras.saving.get_registered_object(preset["class_name"])
+        if cls is not None and issubclass(cls, Task):
+            inner = preset["config"]["backbone"]
+            cls = keras.saving.get_registered_object(inner.get("registered_name")
+                                                     or inner.get("class_name", ""))
+        return family_of_backbone_class(cls).input_kind
     return get_family(config.model_family_and_variant()[0]).input_kind
 
 

@@ -36,7 +36,7 @@ from tfbrain.layers.blockwise_attention import (DEFAULT_BLOCK_SIZE, DEFAULT_MAX_
 from tfbrain.layers.drop_path import DropPath
 from tfbrain.layers.mlp import MLP
 from tfbrain.layers.torch_compat import TORCH_LAYER_NORM_EPSILON
-from tfbrain.models.backbone import Backbone
+from tfbrain.models.backbone import Backbone, check_fmri_input
 from tfbrain.models.brainmt.brainmt_layers import (STEM_NUM_DOWNSAMPLES, BrainMTAddRMSNorm,
                                                    BrainMTEmbedding, BrainMTMambaLayer,
                                                    BrainMTStem, stem_output_size)
@@ -173,7 +173,8 @@ class BrainMTBackbone(Backbone):
         self.sequence_length = 1 + int(np.prod(self.token_grid)) * frames
 
     def __call__(self, fmri, *args, **kwargs):
-        _check_input(fmri, self.volume_shape, self.max_frames)
+        check_fmri_input("BrainMTBackbone", fmri, self.volume_shape, self.max_frames,
+                         axes="(B, X, Y, Z, T, C)")
         return super().__call__(fmri, *args, **kwargs)
 
     def serving_overrides(self):
@@ -259,27 +260,3 @@ def _validate(volume_shape, hidden_dim, depths, num_heads, max_frames, implement
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"`attention_implementation` must be one of {IMPLEMENTATIONS}. "
                          f"Received: attention_implementation={implementation!r}")
-
-
-def _check_input(fmri, volume_shape, max_frames) -> None:
-    """Clear errors for the usual input mistakes, before Keras' generic input check."""
-    shape = getattr(fmri, "shape", None)
-    if shape is None:
-        return
-    expected = f"(batch, {', '.join(str(v) for v in volume_shape)})"
-    if len(shape) != 6:
-        raise ValueError(f"BrainMTBackbone expects `fmri` of shape {expected} (B, X, Y, Z, T, C), "
-                         f"channels-last; received rank {len(shape)}, shape {tuple(shape)}")
-    if tuple(shape[1:4]) != tuple(volume_shape[:3]) or shape[5] != volume_shape[4]:
-        raise ValueError(f"BrainMTBackbone expects `fmri` of shape {expected}; received "
-                         f"{tuple(shape)}. The spatial size fixes the token grid and the "
-                         "spatial position table.")
-    if shape[4] is not None and shape[4] > max_frames:
-        raise ValueError(f"BrainMTBackbone expects at most max_frames={max_frames} frames "
-                         f"(the temporal position table); received T={shape[4]} in "
-                         f"{tuple(shape)}")
-    if shape[4] is not None and shape[4] != volume_shape[3]:
-        raise ValueError(f"BrainMTBackbone was built for T={volume_shape[3]} frames {expected}; "
-                         f"received T={shape[4]}. For shorter windows rebuild it with "
-                         f"volume_shape T={shape[4]} and max_frames={max_frames}, then load the "
-                         "same weights.")

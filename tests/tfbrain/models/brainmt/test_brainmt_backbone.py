@@ -110,12 +110,12 @@ class BrainMTBackboneTest(TestCase):
 
     def test_bad_inputs(self):
         backbone = BrainMTBackbone(**self.init_kwargs)
-        expected = r"expects `fmri` of shape \(batch, 32, 16, 16, 3, 1\)"
+        expected = r"expects fmri windows of shape \(batch, 32, 16, 16, 3, 1\)"
         with self.assertRaisesRegex(ValueError, expected):
             backbone(np.zeros((2, 32, 16, 16, 3), "float32"))
         with self.assertRaisesRegex(ValueError, expected):
             backbone(np.zeros((2, 32, 16, 32, 3, 1), "float32"))
-        with self.assertRaisesRegex(ValueError, "at most max_frames=5"):
+        with self.assertRaisesRegex(ValueError, "at most 5 frames"):
             backbone(np.zeros((1, 32, 16, 16, 6, 1), "float32"))
         with self.assertRaisesRegex(ValueError, "was built for T=3"):
             backbone(np.zeros((1, 32, 16, 16, 4, 1), "float32"))
