@@ -302,12 +302,15 @@ def place(volume: np.ndarray, offsets: Sequence[int], target_shape, fill: float)
 
 
 def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = None,
-                tr: Optional[float] = None) -> tuple[dict, Iterator[np.ndarray]]:
+                tr: Optional[float] = None, return_mask: bool = False):
     """Check and preprocess one run.
 
     Returns (metadata, frames): `metadata` holds everything needed to map the stored grid
     back to the original NIfTI space; `frames` yields (D, H, W) arrays in `config.dtype`.
     All checks (4D, finite, mask shape, enough frames) run before the first frame is yielded.
+    With `return_mask`, (metadata, frames, stored_mask): the (D, H, W) bool brain mask on the
+    stored grid; every voxel outside it holds `metadata["background"]` (in `config.dtype`) in
+    every frame, which is what brain_only storage relies on.
     """
     img, raw, slope, inter = load_nifti(path)
     if raw.ndim != 4:
@@ -430,6 +433,8 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
                                           f"{config.dtype} (max {limit:.6g}); use dtype float32")
             yield frame.astype(dtype)
 
+    if return_mask:
+        return metadata, frames(), inside
     return metadata, frames()
 
 

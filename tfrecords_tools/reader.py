@@ -1,10 +1,13 @@
 """Streaming windows out of a converted folder with tf.data.
 
-Pipeline: runs of the split (shuffled by seed each epoch) -> parallel interleave over runs,
-each run reading its own shards in frame order, so every frame is read and decoded once and
-windows (overlapping or not) are formed in memory -> shuffle buffer of windows (kept in the
-storage dtype) -> cast, transpose to channels-last (D, H, W, T, 1), label, augment ->
-optional batch (static shapes, drop_remainder) -> prefetch.
+Pipeline: runs of the split (shuffled by seed each epoch) -> parallel interleave over runs
+(one reader thread per run in the cycle, so the cores inflate GZIP side by side), each run
+reading its own shards in frame order, so every frame is read and decoded once and windows
+(overlapping or not) are formed in memory from the frame stream -> brain_only storage: the
+window's in-mask values are cast, transposed while compact and gathered onto the grid,
+channels-last, in the run's reader thread -> shuffle buffer of windows -> dense storage: cast,
+transpose to channels-last (D, H, W, T, 1); label, augment -> optional batch (static shapes,
+drop_remainder) -> prefetch.
 
 Letters: D/H/W space, T frames of a window.
 """
@@ -38,6 +41,7 @@ def _select_runs(info: dict, dataset_dir: str, split: Optional[str], splits_file
 
 
 VERIFY_MODES = ("size", "sha256", "none")
+WINDOW_DTYPES = ("float32", "float16")
 
 
 def verify_dataset(dataset_dir: str, sha256: bool = False, info: Optional[dict] = None,
@@ -45,8 +49,9 @@ def verify_dataset(dataset_dir: str, sha256: bool = False, info: Optional[dict] 
     """Check the shards of `dataset_dir` (or of `runs`) against dataset.json.
 
     Always: each path lies inside the folder, each run's shards cover frames 0..n-1 once
-    in order (record counts), and each shard exists with its recorded size. With `sha256`,
-    also every shard's sha256 (reads every byte). Raises ValueError naming every bad shard.
+    in order (record counts), and each shard exists with its recorded size; brain_only
+    storage: each run's mask file too. With `sha256`, also every shard's (and mask file's)
+    sha256 (reads every byte). Raises ValueError naming every bad shard.
     """
     from tfrecords_tools.writer import shard_problem
 
@@ -71,6 +76,12 @@ def verify_dataset(dataset_dir: str, sha256: bool = False, info: Optional[dict] 
             problem = shard_problem(dataset_dir, shard, sha256=sha256)  # confines the path too
             if problem:
                 problems.append(f"{schema.shard_path(dataset_dir, shard['path'])}: {problem}")
+        if info.get("storage") == "brain_only":
+            mask_file = run.get("brain_mask")
+            if not mask_file:
+                problems.append(f"run {run['key']}: dataset.json lists no mask file (brain_only storage)")
+            elif problem := shard_problem(dataset_dir, mask_file, sha256=sha256):
+                problems.append(f"{schema.shard_path(dataset_dir, mask_file['path'])}: {problem}")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError(f"{dataset_dir}: {len(problems)} shard problem(s): " + "; ".join(problems[:5]) + more
@@ -184,10 +195,13 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
             within a buffer of `pair_buffer` windows; each window is used once per epoch.
         augment: `fn(window, seed) -> window` on one (D, H, W, T, 1) float window with a
             stateless seed of shape (2,); see `tfrecords_tools.augment.Augment`.
-        dtype: dtype of the windows handed out.
+        dtype: dtype of the windows handed out, `float32` or `float16` (half the bytes to
+            move and transfer; for models that cast on the accelerator). The stored values
+            are float16 by default, so float16 windows are exact.
         cache: cache decoded windows in memory (True) or in a file prefix (str).
         repeat: repeat forever (run order reshuffled every epoch).
-        cycle_length: runs read in parallel.
+        cycle_length: runs read in parallel (each by its own thread: with two cores, two
+            runs inflate at once). The interleave is deterministic when `seed` is set.
         splits_file, subjects: other ways to choose the subjects (subject ids or run keys).
         frames: (low, high) fractions: keep only frames [low * n, high * n) of each run of n
             frames, e.g. (0, 0.6) / (0.6, 0.8) / (0.8, 1) for a split in time when there is
@@ -217,6 +231,8 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
                          f"{'two windows' if pairs else 'one window'} of {window}")
     if verify not in VERIFY_MODES:
         raise ValueError(f"`verify` must be one of {VERIFY_MODES}. Received: {verify!r}")
+    if dtype not in WINDOW_DTYPES:
+        raise ValueError(f"`dtype` must be one of {WINDOW_DTYPES}. Received: {dtype!r}")
     if verify != "none":
         verify_dataset(dataset_dir, sha256=verify == "sha256", info=info, runs=runs)
     frame_shape = tuple(info["frame_shape"])
@@ -225,23 +241,27 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
     num_classes = len(info["labels"]["vocabulary"] or [])
     label_dtype = tf.float32 if kind == "numeric" else tf.int32
     compression = info["compression"]
+    brain_only = info["storage"] == "brain_only"
+    out_dtype = tf.as_dtype(dtype)
     shards = {}
     for shard in info["shards"]:
         shards.setdefault(shard["run"], []).append(shard)
     run_shards = [sorted(shards[r["key"]], key=lambda s: s["first_frame"]) for r in runs]
     files = ["\n".join(schema.shard_path(dataset_dir, s["path"]) for s in ss) for ss in run_shards]
     firsts = ["\n".join(str(s["first_frame"]) for s in ss) for ss in run_shards]
+    mask_files = [schema.shard_path(dataset_dir, r["brain_mask"]["path"]) if brain_only else "" for r in runs]
     labels = [(-1 if r["label"] is None else r["label"]) for r in runs]
     labels = np.asarray(labels, np.float32 if kind == "numeric" else np.int32)
     spans = np.asarray([frame_span(r["num_frames"], frames) for r in runs], np.int64)  # (runs, 2)
     restrict_frames = frames is not None
     deterministic = seed is not None
-    spec = {k: v for k, v in schema.feature_spec().items()
-            if k in ("volume", "frame", "frame_label", "run", "shape")}
+    values_key = "brain" if brain_only else "volume"
+    spec = {k: v for k, v in schema.feature_spec(info["storage"]).items()
+            if k in (values_key, "frame", "frame_label", "run", "shape")}
     shape_tensor = tf.constant(frame_shape, tf.int64)
 
-    def decode(position, serialized):  # (n,) strings -> (n, D, H, W), (n,), (n,)
-        expected, run_key, run_files, run_firsts = position
+    def decode(position, serialized):  # (n,) strings -> (n, D, H, W) or brain_only (n, N), (n,), (n,)
+        expected, run_key, run_files, run_firsts, num_voxels = position
         features = tf.io.parse_example(serialized, spec)
         # each record must be the one its position in the run's shards promises
         in_place = tf.logical_and(tf.equal(features["frame"], expected), tf.equal(features["run"], run_key))
@@ -264,20 +284,35 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
 
         checked = tf.cond(ok, lambda: tf.constant(True), fail)
         with tf.control_dependencies([checked]):
-            volume = tf.io.decode_raw(features["volume"], storage, little_endian=True)
-        volume = tf.reshape(volume, (-1,) + frame_shape)
+            volume = tf.io.decode_raw(features[values_key], storage, little_endian=True)  # (n, values)
+        if brain_only:  # (n, N): as many values as the run's mask has voxels
+            count_ok = tf.debugging.Assert(
+                tf.equal(tf.shape(volume)[1], num_voxels),
+                [tf.strings.join(["run ", run_key, ": records hold ", tf.strings.as_string(tf.shape(volume)[1]),
+                                  " brain voxels, its mask file has ", tf.strings.as_string(num_voxels),
+                                  " (shards and mask file of different conversions: re-run `tfbrain prepare`)"])],
+                summarize=1)
+            with tf.control_dependencies([count_ok]):
+                volume = tf.identity(volume)
+        else:
+            volume = tf.reshape(volume, (-1,) + frame_shape)  # (n, D, H, W)
         return volume, tf.cast(features["frame_label"], tf.int32), tf.cast(features["frame"], tf.int32)
 
-    def run_windows(run_files, subject, label, span, run_key, run_firsts):
+    def run_windows(run_files, subject, label, span, run_key, run_firsts, mask_file):
         records = tf.data.TFRecordDataset(tf.strings.split(run_files, "\n"), compression_type=compression,
                                           buffer_size=8 << 20)
+        if brain_only:  # the run's mask, read once per run
+            gather_index, background, num_voxels = schema.read_brain_mask(
+                mask_file, compression, frame_shape, info["dtype"], run_key)
+        else:
+            num_voxels = tf.constant(0, tf.int32)
         first = span[0] if restrict_frames else tf.constant(0, tf.int64)
         if restrict_frames:  # records are in frame order: keep frames [first, stop)
             records = records.skip(span[0]).take(span[1] - span[0])
         records = records.enumerate().map(lambda i, r: (i + first, r))  # (the frame it must be, record)
 
         def decode_batch(expected, serialized):
-            return decode((expected, run_key, run_files, run_firsts), serialized)
+            return decode((expected, run_key, run_files, run_firsts, num_voxels), serialized)
 
         if stride == window:  # each record lands in exactly one window: decode a whole window at once
             ds = records.batch(window, drop_remainder=True).map(decode_batch)
@@ -294,10 +329,18 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
                 ds = ds.shuffle(pair_buffer, seed=seed)
             ds = ds.batch(2, drop_remainder=True).filter(
                 lambda v, fl, f: tf.abs(f[0, 0] - f[1, 0]) >= window)
+
+        def to_grid(values):  # (..., T, N) in-mask values -> (..., D, H, W, T) in the output dtype
+            # cast while compact: a quarter of the bytes of the full grid
+            return schema.brain_to_grid(tf.cast(values, out_dtype), gather_index,
+                                        tf.cast(background, out_dtype), frame_shape)
+
+        if brain_only:
+            return ds.map(lambda v, fl, f: (to_grid(v), fl, subject, label))
         return ds.map(lambda v, fl, f: (v, fl, subject, label))
 
     run_ds = tf.data.Dataset.from_tensor_slices((files, [r["subject"] for r in runs], labels, spans,
-                                                 [r["key"] for r in runs], firsts))
+                                                 [r["key"] for r in runs], firsts, mask_files))
     if shuffle:
         run_ds = run_ds.shuffle(len(runs), seed=seed, reshuffle_each_iteration=True)
     if repeat and not cache:
@@ -311,16 +354,18 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
     if shuffle and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
-    out_dtype = tf.as_dtype(dtype)
-
     def finish(index, element):
         volume, frame_labels, subject, label = element
-        volume = tf.cast(volume, out_dtype)  # cast first: the transpose is faster on float32
-        if pairs:
-            volume = tf.transpose(volume, (0, 2, 3, 4, 1))[..., None]  # (2, D, H, W, T, 1)
-            frame_labels = frame_labels[0]
+        if brain_only:  # already (..., D, H, W, T) in the output dtype
+            volume = volume[..., None]  # (..., D, H, W, T, 1)
         else:
-            volume = tf.transpose(volume, (1, 2, 3, 0))[..., None]  # (D, H, W, T, 1)
+            volume = tf.cast(volume, out_dtype)  # cast first: the transpose is faster on float32
+            if pairs:
+                volume = tf.transpose(volume, (0, 2, 3, 4, 1))[..., None]  # (2, D, H, W, T, 1)
+            else:
+                volume = tf.transpose(volume, (1, 2, 3, 0))[..., None]  # (D, H, W, T, 1)
+        if pairs:
+            frame_labels = frame_labels[0]
         if kind == "events":  # majority frame label; ties go to the lower index (rest is last)
             label = tf.argmax(tf.math.bincount(frame_labels, minlength=num_classes, maxlength=num_classes),
                               output_type=tf.int32)
@@ -349,9 +394,25 @@ def read_frames(dataset_dir: str, run: Optional[str] = None):
     import tensorflow as tf
 
     info = schema.load_dataset_info(dataset_dir)
-    paths = [schema.shard_path(dataset_dir, s["path"]) for s in info["shards"] if run is None or s["run"] == run]
-    return tf.data.TFRecordDataset(paths, compression_type=info["compression"]).map(
-        lambda r: schema.parse_frame(r, info["frame_shape"], info["dtype"]))
+    compression, frame_shape = info["compression"], tuple(info["frame_shape"])
+    if info["storage"] != "brain_only":
+        paths = [schema.shard_path(dataset_dir, s["path"]) for s in info["shards"] if run is None or s["run"] == run]
+        return tf.data.TFRecordDataset(paths, compression_type=compression).map(
+            lambda r: schema.parse_frame(r, frame_shape, info["dtype"]))
+    shards = {}
+    for shard in info["shards"]:
+        shards.setdefault(shard["run"], []).append(schema.shard_path(dataset_dir, shard["path"]))
+    runs = [r for r in info["runs"] if run is None or r["key"] == run]
+
+    def run_frames(run_key, files, mask_file):  # each run's frames on the grid of its own mask
+        brain_grid = schema.read_brain_mask(mask_file, compression, frame_shape, info["dtype"], run_key)
+        return tf.data.TFRecordDataset(tf.strings.split(files, "\n"), compression_type=compression).map(
+            lambda r: schema.parse_frame(r, frame_shape, info["dtype"], "brain_only", brain_grid))
+
+    columns = ([r["key"] for r in runs], ["\n".join(shards.get(r["key"], [])) for r in runs],
+               [schema.shard_path(dataset_dir, r["brain_mask"]["path"]) for r in runs])
+    return tf.data.Dataset.from_tensor_slices(tuple(tf.constant(c, tf.string, shape=(len(runs),))
+                                                    for c in columns)).flat_map(run_frames)
 
 
 def run_info(dataset_dir: str, run: str) -> dict:

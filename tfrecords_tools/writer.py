@@ -4,14 +4,18 @@ Layout of a dataset folder:
 
     conversion.json          the settings; a resume with other settings is refused
     shards/<run>.<i>.tfrecord.gz   frame records of one run, in frame order (shards never mix runs)
+    masks/<run>.tfrecord.gz        brain_only storage: the run's mask and background, one record
     runs/<run>.json          a finished run's manifest: its done-marker, written last
     dataset.json             everything, assembled from runs/*.json at the end
     splits.json              subject splits (written once; never changed by a re-run)
 
-Crash safety: each shard is written as `<name>.tmp-<pid>` and renamed when closed; a run
-counts as done only when `runs/<run>.json` exists, its input fingerprint (size, mtime and
-sha256 of the NIfTI, mask and events files) still matches the inputs, and every shard it
-lists has the recorded size and sha256. Anything else (stale inputs, a corrupt or missing
+Storage (`storage`): `brain_only` (default) writes each frame's in-mask voxels only and the
+run's mask once (see schema.py); `dense` writes whole frames (the schema_version 1 format).
+
+Crash safety: each shard (and mask file) is written as `<name>.tmp-<pid>` and renamed when
+closed; a run counts as done only when `runs/<run>.json` exists, its input fingerprint (size,
+mtime and sha256 of the NIfTI, mask and events files) still matches the inputs, and every
+shard it lists, and its mask file, has the recorded size and sha256. Anything else (stale inputs, a corrupt or missing
 shard, a half-finished run) is converted again from scratch. Conversion is deterministic, so
 the records are the same as those of an uninterrupted run.
 
@@ -194,11 +198,16 @@ def _shard_name(key: str, index: int, compression: str) -> str:
     return f"{key}.{index:05d}{schema.SHARD_SUFFIX[compression]}"
 
 
+def _mask_name(key: str, compression: str) -> str:
+    return f"{key}{schema.SHARD_SUFFIX[compression]}"
+
+
 def _remove_leftovers(output_dir: str, key: str) -> None:
     import tensorflow as tf
 
     pattern = schema.join(output_dir, schema.SHARD_DIR, f"{key}.[0-9][0-9][0-9][0-9][0-9].tfrecord*")
-    for path in tf.io.gfile.glob(pattern):
+    masks = schema.join(output_dir, schema.MASK_DIR, f"{key}.tfrecord*")
+    for path in tf.io.gfile.glob(pattern) + tf.io.gfile.glob(masks):
         tf.io.gfile.remove(path)
     marker = schema.join(output_dir, schema.RUN_DIR, key + ".json")
     if tf.io.gfile.exists(marker):
@@ -243,6 +252,36 @@ def _write_shards(output_dir: str, key: str, records, compression: str, shard_by
     return shards
 
 
+def _write_mask_file(output_dir: str, key: str, brain_mask: np.ndarray, background: np.ndarray,
+                     compression: str) -> dict:
+    """Write a run's mask record (brain_only storage) atomically; returns its manifest entry."""
+    import tensorflow as tf
+
+    name = _mask_name(key, compression)
+    final = schema.join(output_dir, schema.MASK_DIR, name)
+    tmp = f"{final}.tmp-{os.getpid()}"
+    with tf.io.TFRecordWriter(tmp, tf.io.TFRecordOptions(compression_type=compression)) as writer:
+        writer.write(schema.mask_example(brain_mask, background, run=key))
+    entry = {"path": f"{schema.MASK_DIR}/{name}", "run": key, "num_voxels": int(brain_mask.sum()),
+             "bytes": int(tf.io.gfile.stat(tmp).length), "sha256": _sha256(tmp)}
+    tf.io.gfile.rename(tmp, final, overwrite=True)
+    return entry
+
+
+def _background_of(frame: np.ndarray, brain_mask: np.ndarray, background: float) -> np.ndarray:
+    """The background as stored: `prepare_run` assigns it into a float32 frame, then casts."""
+    outside = frame[~brain_mask]
+    if outside.size:
+        return np.asarray(outside[0])
+    return np.asarray(np.float32(background)).astype(frame.dtype)
+
+
+def _outside_is_background(frame: np.ndarray, brain_mask: np.ndarray, background: np.ndarray) -> bool:
+    """Bitwise: every voxel outside the mask holds `background` (so dropping them is lossless)."""
+    bits = np.dtype(f"u{frame.dtype.itemsize}")
+    return bool(np.all(frame[~brain_mask].view(bits) == background.reshape(1).view(bits)[0]))
+
+
 def _convert_one(run: Run, output_dir: str, settings: dict) -> dict:
     """Convert one run; returns its manifest (also written to runs/<key>.json)."""
     config = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v
@@ -258,7 +297,9 @@ def _convert_one(run: Run, output_dir: str, settings: dict) -> dict:
 
 
 def _convert_checked(run: Run, output_dir: str, settings: dict, config, labels: dict, fingerprint: dict) -> dict:
-    metadata, frames = prepare_run(run.path, config, mask_path=run.mask_path, tr=run.tr)
+    metadata, frames, brain_mask = prepare_run(run.path, config, mask_path=run.mask_path, tr=run.tr,
+                                               return_mask=True)
+    brain_only = settings.get("storage", "dense") == "brain_only"
 
     label = float("nan")
     if labels["kind"] == "categorical":
@@ -278,18 +319,32 @@ def _convert_checked(run: Run, output_dir: str, settings: dict, config, labels: 
             run.events_path, metadata["num_frames"], metadata["tr"], labels["vocabulary"],
             hrf_delay=labels["hrf_delay"], min_coverage=labels["min_coverage"])
 
+    stored_background = []  # brain_only: the background as stored, taken from the first frame
+
     def records():
         for t, frame in enumerate(frames):
+            if brain_only:
+                if not stored_background:
+                    stored_background.append(_background_of(frame, brain_mask, metadata["background"]))
+                if not _outside_is_background(frame, brain_mask, stored_background[0]):
+                    raise BadInputError(run.path, f"frame {t}: voxels outside the brain mask are not the "
+                                                  "constant background, so brain_only storage would lose "
+                                                  "them; use storage 'dense' (--storage dense)")
             yield t, schema.frame_example(
                 frame, subject=run.subject, run=run.key, frame=t,
-                frame_label=-1 if frame_labels is None else int(frame_labels[t]), label=label)
+                frame_label=-1 if frame_labels is None else int(frame_labels[t]), label=label,
+                brain_mask=brain_mask if brain_only else None)
 
     shards = _write_shards(output_dir, run.key, records(), settings["compression"],
                            int(settings["shard_size_mb"] * 1e6))
+    mask_file = None
+    if brain_only:
+        mask_file = _write_mask_file(output_dir, run.key, brain_mask, stored_background[0],
+                                     settings["compression"])
     manifest = {"key": run.key, "subject": run.subject, "label": None if label != label else label,
                 "raw_label": run.label, "events": run.events_path, "mask": run.mask_path,
                 **metadata, "frame_labels": None if frame_labels is None else frame_labels.tolist(),
-                "inputs": fingerprint, "shards": shards}
+                "inputs": fingerprint, **({"brain_mask": mask_file} if mask_file else {}), "shards": shards}
     schema.write_json_atomic(schema.join(output_dir, schema.RUN_DIR, run.key + ".json"), manifest)
     return manifest
 
@@ -328,7 +383,8 @@ def _label_settings(runs: Sequence[Run], label_type: str, use_events: bool, hrf_
 
 
 def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[PreprocessConfig] = None,
-            compression: str = "GZIP", shard_size_mb: float = 128.0, workers: int = 2,
+            compression: str = "GZIP", storage: str = schema.DEFAULT_STORAGE,
+            shard_size_mb: float = 128.0, workers: int = 2,
             skip_bad: bool = False, label_type: str = "auto", use_events: bool = False,
             hrf_delay: float = 5.0, min_coverage: float = 0.5,
             split_fractions: Sequence[float] = (0.7, 0.15, 0.15), split_seed: int = 0,
@@ -340,6 +396,8 @@ def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[Preprocess
         output_dir: the dataset folder (local or any `tf.io.gfile` path).
         config: preprocessing; defaults to `PreprocessConfig()` (96^3, z-score, float16).
         compression: `GZIP` (default, ~4x smaller) or `""` (no compression, fastest to read).
+        storage: `brain_only` (default: each frame's in-mask voxels, the run's mask and
+            background stored once; lossless) or `dense` (whole frames, schema_version 1).
         shard_size_mb: a shard is closed once it reaches this many MB on disk.
         workers: processes converting runs in parallel (0: in this process).
         skip_bad: log and skip bad runs instead of raising `BadInputError`.
@@ -354,6 +412,8 @@ def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[Preprocess
     # every argument is checked before any work
     if compression not in schema.SHARD_SUFFIX:
         raise ValueError(f"`compression` must be 'GZIP' or ''. Received: {compression!r}")
+    if storage not in schema.STORAGES:
+        raise ValueError(f"`storage` must be one of {schema.STORAGES}. Received: {storage!r}")
     if label_type not in LABEL_TYPES:
         raise ValueError(f"`label_type` must be one of {LABEL_TYPES}. Received: {label_type!r}")
     if not 0.0 <= min_coverage <= 1.0 or min_coverage != min_coverage:
@@ -366,12 +426,12 @@ def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[Preprocess
         raise ValueError(f"`workers` must be >= 0. Received: {workers}")
     splits_lib.check_fractions(split_fractions)
     with output_lock(str(output_dir)):
-        return _convert_locked(runs, str(output_dir), config, compression, shard_size_mb, workers,
+        return _convert_locked(runs, str(output_dir), config, compression, storage, shard_size_mb, workers,
                                skip_bad, label_type, use_events, hrf_delay, min_coverage,
                                split_fractions, split_seed, progress, start)
 
 
-def _convert_locked(runs, output_dir, config, compression, shard_size_mb, workers, skip_bad, label_type,
+def _convert_locked(runs, output_dir, config, compression, storage, shard_size_mb, workers, skip_bad, label_type,
                     use_events, hrf_delay, min_coverage, split_fractions, split_seed, progress, start):
     import tensorflow as tf
 
@@ -391,16 +451,17 @@ def _convert_locked(runs, output_dir, config, compression, shard_size_mb, worker
         for run in [r for r in runs if not r.events_path]:
             bad(BadInputError(run.path, "missing events.tsv (labels come from events)"))
         runs = [r for r in runs if r.events_path]
-    settings = {"schema_version": schema.SCHEMA_VERSION, "preprocessing": config.to_dict(),
-                "compression": compression, "shard_size_mb": shard_size_mb,
+    settings = {"schema_version": schema.schema_version(storage), "storage": storage,
+                "preprocessing": config.to_dict(), "compression": compression, "shard_size_mb": shard_size_mb,
                 "labels": _label_settings(runs, label_type, use_events, hrf_delay, min_coverage)}
 
-    for sub in (schema.SHARD_DIR, schema.RUN_DIR):
+    for sub in (schema.SHARD_DIR, schema.RUN_DIR) + ((schema.MASK_DIR,) if storage == "brain_only" else ()):
         tf.io.gfile.makedirs(schema.join(output_dir, sub))
     settings_path = schema.join(output_dir, schema.CONVERSION_JSON)
     done_markers = tf.io.gfile.glob(schema.join(output_dir, schema.RUN_DIR, "*.json"))
     if tf.io.gfile.exists(settings_path) and done_markers:
         previous = schema.read_json(settings_path)
+        previous.setdefault("storage", "dense")  # a folder converted before brain_only storage existed
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise ValueError(f"{output_dir} was converted with other settings ({', '.join(changed)} differ); "
@@ -482,6 +543,10 @@ def _stale_reason(run: Run, manifest: Optional[dict], output_dir: str) -> Option
         problem = shard_problem(output_dir, shard)
         if problem:
             return f"shard {shard['path']}: {problem}"
+    if manifest.get("brain_mask"):
+        problem = shard_problem(output_dir, manifest["brain_mask"])
+        if problem:
+            return f"mask file {manifest['brain_mask']['path']}: {problem}"
     return None
 
 
@@ -496,11 +561,15 @@ def _dataset_info(output_dir: str, settings: dict, manifests: list[dict], skippe
             raise ValueError(f"runs have different grids {sorted(shapes)}; set a `target_shape`")
     runs = [{k: v for k, v in m.items() if k != "shards"} for m in manifests]
     return {
-        "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
+        "format": schema.FORMAT_NAME, "schema_version": settings["schema_version"],
+        "storage": settings["storage"],
         "created_by": f"tfbrain {__version__}",
         "frame_shape": list(frame_shape) if frame_shape else None,
         "dtype": config["dtype"], "compression": settings["compression"],
-        "record": "one tf.train.Example per frame; see tfrecords_tools/schema.py",
+        "record": ("one tf.train.Example per frame (brain_only: in-mask voxels; the run's mask and "
+                   "background in runs[].brain_mask); see tfrecords_tools/schema.py"
+                   if settings["storage"] == "brain_only" else
+                   "one tf.train.Example per frame; see tfrecords_tools/schema.py"),
         "preprocessing": config, "labels": settings["labels"],
         "subjects": sorted({m["subject"] for m in manifests}),
         "num_runs": len(manifests), "num_frames": sum(m["num_frames"] for m in manifests),

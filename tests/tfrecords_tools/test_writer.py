@@ -53,7 +53,7 @@ class ConvertTest(TestCase):
         out = os.path.join(self.dir, "out")
         with open(os.path.join(out, "dataset.json")) as f:
             info = json.load(f)
-        self.assertEqual(info["schema_version"], 1)
+        self.assertEqual((info["schema_version"], info["storage"]), (2, "brain_only"))  # the default
         self.assertEqual(info["frame_shape"], [8, 8, 8])
         self.assertEqual(info["dtype"], "float16")
         self.assertEqual(info["labels"], {"kind": "categorical", "vocabulary": ["a", "b"]})
@@ -64,11 +64,17 @@ class ConvertTest(TestCase):
             self.assertEqual(os.path.getsize(path), shard["bytes"])
             self.assertEqual(writer_lib._sha256(path), shard["sha256"])
         self.assertEqual(sum(s["num_records"] for s in info["shards"]), 96)
+        for run in info["runs"]:  # one mask file per run, recorded like a shard
+            mask_file = run["brain_mask"]
+            self.assertEqual(mask_file["path"], f"masks/{run['key']}.tfrecord.gz")
+            self.assertEqual(os.path.getsize(os.path.join(out, mask_file["path"])), mask_file["bytes"])
+            self.assertEqual(writer_lib._sha256(os.path.join(out, mask_file["path"])), mask_file["sha256"])
+            self.assertEqual(mask_file["num_voxels"], run["stored_brain_voxels"])
         self.assertEqual([r["label"] for r in info["runs"]], [0, 1, 0, 1])
         self.assertFalse([p for p in os.listdir(os.path.join(out, "shards")) if p.endswith(".tmp")])
 
     def test_schema_readable_with_plain_tf_data(self):
-        self.convert()
+        self.convert(storage="dense")
         out = os.path.join(self.dir, "out")
         files = sorted(tf.io.gfile.glob(os.path.join(out, "shards", "sub-01.*")))
         spec = {"volume": tf.io.FixedLenFeature([], tf.string), "shape": tf.io.FixedLenFeature([3], tf.int64),
@@ -84,6 +90,25 @@ class ConvertTest(TestCase):
         self.assertEqual(float(first["label"]), 1.0)
         volume = tf.reshape(tf.io.decode_raw(first["volume"], tf.float16), first["shape"])
         self.assertEqual(volume.shape, (8, 8, 8))
+
+    def test_brain_only_schema_readable_with_plain_tf_data(self):
+        self.convert()
+        out = os.path.join(self.dir, "out")
+        mask_spec = {"mask": tf.io.FixedLenFeature([], tf.string), "shape": tf.io.FixedLenFeature([3], tf.int64),
+                     "background": tf.io.FixedLenFeature([], tf.string)}
+        mask_record = next(iter(tf.data.TFRecordDataset(os.path.join(out, "masks", "sub-01.tfrecord.gz"),
+                                                        compression_type="GZIP")))
+        mask_record = tf.io.parse_single_example(mask_record, mask_spec)
+        mask = tf.reshape(tf.io.decode_raw(mask_record["mask"], tf.uint8), mask_record["shape"]).numpy() > 0
+        background = tf.io.decode_raw(mask_record["background"], tf.float16).numpy()[0]
+        files = sorted(tf.io.gfile.glob(os.path.join(out, "shards", "sub-01.*")))
+        spec = {"brain": tf.io.FixedLenFeature([], tf.string), "frame": tf.io.FixedLenFeature([], tf.int64)}
+        frames = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+        self.assertEqual([int(f["frame"]) for f in frames], list(range(24)))
+        volume = np.full(mask.shape, background, np.float16)  # the documented recipe: scatter into the mask
+        volume[mask] = tf.io.decode_raw(frames[5]["brain"], tf.float16).numpy()
+        window = next(iter(windows(out, window=6, shuffle=False, subjects=["sub-01"], dtype="float16")))[0]
+        self.assertEqual(volume.tobytes(), window.numpy()[..., 5, 0].tobytes())
 
     def test_resume_after_crash_gives_the_same_records(self):
         self.convert("clean")
