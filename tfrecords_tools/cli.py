@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pre.add_argument("--min-frames", type=int, default=20, help="runs shorter than this are bad input")
     out = parser.add_argument_group("output")
     out.add_argument("--compression", default="GZIP", choices=("GZIP", "none"))
+    out.add_argument("--storage", default="brain_only", choices=("brain_only", "dense"),
+                     help="brain_only (default): each frame's in-mask voxels, the run's mask and background "
+                          "stored once (lossless, less to inflate when reading); dense: whole frames (the "
+                          "format before brain_only; resumes a folder converted that way)")
     out.add_argument("--shard-size-mb", type=float, default=128.0)
     out.add_argument("--workers", type=int, default=2, help="parallel processes (0: in-process)")
     out.add_argument("--skip-bad", action="store_true", help="log and skip bad inputs instead of stopping")
@@ -55,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--no-progress", action="store_true")
     out.add_argument("--check", action="store_true",
                      help="only verify the dataset folder -o against its dataset.json (paths, record "
-                          "counts, sizes and sha256 of every shard); no inputs needed")
+                          "counts, sizes and sha256 of every shard and mask file); no inputs needed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
         info = tt.load_dataset_info(args.output)
         verify_dataset(args.output, sha256=True, info=info)  # ValueError names every bad shard
-        print(f"{args.output}: {len(info['shards'])} shards of {info['num_runs']} runs match dataset.json "
-              "(paths, record counts, sizes, sha256)")
+        masks = f" and {info['num_runs']} mask files" if info["storage"] == "brain_only" else ""
+        print(f"{args.output}: {len(info['shards'])} shards{masks} of {info['num_runs']} runs ({info['storage']} "
+              "storage) match dataset.json (paths, record counts, sizes, sha256)")
         return 0
     chosen = [bool(args.files), bool(args.table), bool(args.bids)]
     if sum(chosen) != 1:
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             detrend_order=args.detrend_order)
         summary = tt.convert(
             runs, args.output, config=config, compression="" if args.compression == "none" else "GZIP",
+            storage=args.storage,
             shard_size_mb=args.shard_size_mb, workers=args.workers, skip_bad=args.skip_bad,
             label_type=args.label_type, use_events=args.events or bool(args.events_file),
             hrf_delay=args.hrf_delay, min_coverage=args.min_coverage, split_fractions=tuple(args.split),

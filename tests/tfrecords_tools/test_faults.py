@@ -227,6 +227,72 @@ class DatasetFaultTest(TestCase):
         open(self.shard(), "wb").write(bytes(data))
         self.assertEqual(cli.main(["-o", self.out, "--check"]), 2)
 
+    # --- brain_only storage: the mask file is verified like a shard --------------------
+    def mask_file(self, run="sub-00"):
+        return os.path.join(self.out, "masks", f"{run}.tfrecord.gz")
+
+    def test_corrupt_or_missing_mask_file_is_refused_naming_it_and_converted_again(self):
+        self.convert()
+        clean = open(self.mask_file(), "rb").read()
+        corrupt = bytearray(clean)
+        corrupt[len(corrupt) // 2] ^= 0xFF
+        open(self.mask_file(), "wb").write(bytes(corrupt))
+        self.assertEqual(cli.main(["-o", self.out, "--check"]), 2)
+        with self.assertRaisesRegex(ValueError, r"masks/sub-00\.tfrecord\.gz: sha256 differs"):
+            windows(self.out, window=4, verify="sha256")
+        summary = self.convert()
+        self.assertEqual((summary.runs_converted, summary.runs_already_done), (1, 1))
+        self.assertEqual(open(self.mask_file(), "rb").read(), clean)
+        os.remove(self.mask_file("sub-01"))
+        with self.assertRaisesRegex(ValueError, r"masks/sub-01\.tfrecord\.gz: missing"):
+            windows(self.out, window=4)
+        self.assertEqual(self.convert().runs_converted, 1)
+
+    def test_swapped_mask_files_are_refused_naming_the_file(self):
+        self.convert()
+        a, b = self.mask_file("sub-00"), self.mask_file("sub-01")
+        os.rename(a, a + ".swap")
+        os.rename(b, a)
+        os.rename(a + ".swap", b)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                    r"mask file \S+sub-0[01]\.tfrecord\.gz: not the mask of run sub-0[01]"):
+            _read_all(windows(self.out, window=4, shuffle=False, verify="none"))
+
+    def test_brain_only_refuses_a_frame_with_signal_outside_the_mask(self):
+        def leaky_prepare_run(*args, **kwargs):
+            metadata, frames, mask = prepare_run(*args, **kwargs)
+
+            def leaky():
+                for t, frame in enumerate(frames):
+                    if t == 3:
+                        frame = frame.copy()
+                        frame[~mask] = frame[~mask] + np.float16(0.5)  # no longer the constant background
+                    yield frame
+            return metadata, leaky(), mask
+
+        original = writer_lib.prepare_run
+        writer_lib.prepare_run = leaky_prepare_run
+        try:
+            with self.assertRaisesRegex(BadInputError, r"sub-00\.nii\.gz: frame 3: voxels outside the brain "
+                                                       r"mask .*--storage dense"):
+                self.convert()
+            self.assertEqual(os.listdir(os.path.join(self.out, "shards")), [])  # nothing half-written stays
+            self.assertEqual(self.convert(storage="dense").runs_converted, 2)  # dense keeps them
+        finally:
+            writer_lib.prepare_run = original
+
+    def test_folder_converted_before_brain_only_resumes_as_dense(self):
+        self.convert(storage="dense")
+        settings = os.path.join(self.out, "conversion.json")
+        with open(settings) as f:
+            old = json.load(f)
+        del old["storage"]  # as the code before brain_only storage wrote it
+        with open(settings, "w") as f:
+            json.dump(old, f)
+        self.assertEqual(self.convert(storage="dense").runs_already_done, 2)
+        with self.assertRaisesRegex(ValueError, "other settings .*storage"):
+            self.convert()  # the default, brain_only, does not mix into a dense folder
+
     def test_non_ascii_subjects_do_not_collide(self):
         runs = runs_from_files(self.paths, subjects=["sub-é", "sub-ü"])
         self.assertEqual([r.key for r in runs], ["sub-é", "sub-ü"])

@@ -31,6 +31,8 @@ class DataConfig:
     time_split: list = dataclasses.field(default_factory=list)  # [train, val, test] fractions of
     #                                  every run in time, instead of splitting by subject
     shuffle_buffer: int = 16
+    dtype: str = "float32"           # windows handed to the model: float32 | float16 (half the bytes
+    #                                  on the host and over PCIe; the model casts on the accelerator)
     label_groups: dict = dataclasses.field(default_factory=dict)  # {"new": ["old", ...]}
     # augmentation of training windows (tfrecords_tools.augment; same for all frames of a
     # window), each applied with probability augment_probability; 0 turns one off
@@ -207,6 +209,8 @@ class TrainConfig:
             value = getattr(self.data, name)
             if not (math.isfinite(value) and value >= 0):
                 fail(f"[data] {name} must be a finite number >= 0; got {value}")
+        if self.data.dtype not in ("float32", "float16"):
+            fail(f"[data] dtype must be float32 or float16; got {self.data.dtype!r}")
         if not 0 <= self.data.augment_probability <= 1:
             fail(f"[data] augment_probability must be in [0, 1]; got {self.data.augment_probability}")
         if self.run.checkpoint_every_steps < 0 or self.run.stop_after_steps < 0:

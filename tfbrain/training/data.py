@@ -93,7 +93,7 @@ class WindowDatasets:
             batch_size=data.batch_size, shuffle=True, seed=self.config.run.seed * 100_003 + epoch,
             pairs=self.pairs, augment=self._augment(), repeat=True,
             shuffle_buffer=data.shuffle_buffer, splits_file=self.splits_file, prefetch=False,
-            frames=frames)
+            frames=frames, dtype=data.dtype)
         shape = (data.batch_size,) + ((2,) if self.pairs else ()) + self.input_shape
         ds = ds.map(lambda x, label, subject: (tf.ensure_shape(x, shape), label))
         kind, key, targets = self.task_class.target_kind, self.task_class.output_key, self.targets
@@ -130,7 +130,7 @@ class WindowDatasets:
             ds = tfrecords_tools.windows(
                 data.dataset_dir, reader_split, window=data.window, stride=data.eval_stride,
                 shuffle=False, seed=0, pairs=pairs, cache=False, splits_file=self.splits_file,
-                frames=frames)
+                frames=frames, dtype=data.dtype)
         except ValueError:
             if not pairs:
                 raise

@@ -30,6 +30,8 @@ class TrainConfigTest(TestCase):
             TrainConfig.from_dict({**MINIMAL, "optim": {"jit_compile": True, "mixed_precision": "fp8"}})
         with self.assertRaisesRegex(ValueError, r"\[task\] type"):
             TrainConfig.from_dict({**MINIMAL, "task": {"type": "segmentation"}})
+        with self.assertRaisesRegex(ValueError, r"\[data\] dtype must be float32 or float16; got 'int8'"):
+            TrainConfig.from_dict({**MINIMAL, "data": {"dataset_dir": "x", "dtype": "int8"}})
 
     def test_toml_file(self):
         path = self.get_temp_dir() + "/run.toml"

@@ -233,6 +233,18 @@ def test_balanced_class_weights_from_dataset_json(cohort, tmp_path):
     np.testing.assert_allclose(weights["logits"].numpy(), expected[targets], rtol=1e-6)
 
 
+def test_float16_windows_from_the_data_config(cohort, tmp_path):
+    from tfbrain.models.task import FMRIClassifier
+    from tfbrain.training.data import WindowDatasets
+
+    config = make_config(cohort, str(tmp_path / "run"), data={"dtype": "float16"})
+    datasets = WindowDatasets(config, FMRIClassifier)
+    x, _ = next(iter(datasets.train(0)))
+    assert x.dtype == tf.float16 and tuple(x.shape) == (config.data.batch_size,) + datasets.input_shape
+    x, _, _ = next(iter(datasets.evaluation(config.data.val_split)))
+    assert x.dtype == tf.float16
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains(cohort, tmp_path, policy):
     config = make_config(cohort, str(tmp_path / "run"),
