@@ -199,8 +199,9 @@ def read_brain_mask(path, compression: str, frame_shape, dtype: str, run_key=Non
 def brain_to_grid(values, gather_index, background, frame_shape):
     """In-mask values (..., T, N) -> channels-last frames (..., D, H, W, T) on the grid.
 
-    A gather from the values padded with the background (measured faster than
-    `tf.tensor_scatter_nd_update` into a filled grid, see benchmarks/pipeline.py); the
+    A gather from the values padded with the background (measured as fast as
+    `tf.tensor_scatter_nd_update` into a filled grid for float32, ~20% faster for float16;
+    `benchmarks/pipeline.py --scatter-only`); the
     values are transposed while still compact (N is ~27% of D * H * W for an MNI crop), so
     the full-size window is written once, already channels-last.
     """
