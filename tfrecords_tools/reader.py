@@ -1,13 +1,18 @@
 """Streaming windows out of a converted folder with tf.data.
 
 Pipeline: runs of the split (shuffled by seed each epoch) -> parallel interleave over runs
-(one reader thread per run in the cycle, so the cores inflate GZIP side by side), each run
-reading its own shards in frame order, so every frame is read and decoded once and windows
-(overlapping or not) are formed in memory from the frame stream -> brain_only storage: the
-window's in-mask values are cast, transposed while compact and gathered onto the grid,
-channels-last, in the run's reader thread -> shuffle buffer of windows -> dense storage: cast,
-transpose to channels-last (D, H, W, T, 1); label, augment -> optional batch (static shapes,
-drop_remainder) -> prefetch.
+(one reader thread per run in the cycle, so the cores inflate GZIP side by side; deterministic
+when seeded). Each run reads its own shards in frame order, so every frame is read and
+decoded once, and windows (overlapping or not) are formed from that frame stream. Storage
+decides the rest:
+
+* brain_only: the window's in-mask values (T, N) are cast to the output dtype, transposed
+  while compact and gathered onto the grid from the values padded with the run's background,
+  channels-last (D, H, W, T), in the run's reader thread -> shuffle buffer;
+* dense: shuffle buffer of (T, D, H, W) windows in the storage dtype -> cast, transpose to
+  channels-last;
+
+then label, augment -> optional batch (static shapes, drop_remainder) -> prefetch.
 
 Letters: D/H/W space, T frames of a window.
 """
