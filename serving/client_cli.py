@@ -21,10 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline per request (default 60)")
     parser.add_argument("--retries", type=int, default=2, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED")
     parser.add_argument("--output", help="save the outputs to this .npz")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (it is drawn on stderr only when that is a terminal)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import numpy as np
+    from tqdm import tqdm
 
     from serving.client import PredictionClient
     from serving.windows import load_windows, preprocessing_from_file
@@ -35,8 +40,13 @@ def run(args: argparse.Namespace) -> int:
         preprocessing = preprocessing_from_file(args.preprocessing) if args.preprocessing else None
         windows = load_windows(args.input, window_shape, preprocessing=preprocessing,
                                max_windows=args.max_windows, split=args.split)
-        batches = [client.predict(windows[i:i + args.batch_size], args.signature)
-                   for i in range(0, len(windows), args.batch_size)]
+        batches = []
+        # time left on stderr; tqdm draws nothing when stderr is not a terminal (disable=None)
+        with tqdm(total=len(windows), desc="predict", unit="window", file=sys.stderr,
+                  leave=False, disable=True if args.quiet else None) as bar:
+            for i in range(0, len(windows), args.batch_size):
+                batches.append(client.predict(windows[i:i + args.batch_size], args.signature))
+                bar.update(len(windows[i:i + args.batch_size]))
     outputs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     np.set_printoptions(precision=4, suppress=True)
     for index in range(len(windows)):

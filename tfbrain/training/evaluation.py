@@ -169,12 +169,49 @@ EVALUATORS = {
 }
 
 
-def evaluate_model(model, datasets, split: str, jit_compile: bool, num_resamples: int = 1000):
+class _BatchesWithProgress:
+    """An evaluation dataset that advances a progress bar per batch as an evaluator iterates it."""
+
+    def __init__(self, dataset, description: str):
+        self.dataset, self.description = dataset, description
+
+    def __iter__(self):
+        from tfbrain.training.progress import progress_bar
+
+        batches = int(self.dataset.cardinality())
+        bar = progress_bar(batches if batches >= 0 else None, self.description, "batch")
+        try:
+            for batch in self.dataset:
+                yield batch
+                bar.update(1)
+        finally:
+            bar.close()
+
+
+class _DatasetsWithProgress:
+    """`datasets` whose evaluation splits draw a bar (evaluators only iterate them)."""
+
+    def __init__(self, datasets):
+        self._datasets = datasets
+
+    def __getattr__(self, name):
+        return getattr(self._datasets, name)
+
+    def evaluation(self, split, **kwargs):
+        dataset = self._datasets.evaluation(split, **kwargs)
+        return None if dataset is None else _BatchesWithProgress(dataset, f"evaluating {split}")
+
+
+def evaluate_model(model, datasets, split: str, jit_compile: bool, num_resamples: int = 1000,
+                   progress: bool = False):
     """The report of the Task's evaluator on one split, or None if the split is empty.
-    `num_resamples` bootstrap resamples give the 95% intervals (0: none)."""
+    `num_resamples` bootstrap resamples give the 95% intervals (0: none); `progress` draws a
+    bar with the time left on stderr (when it is a terminal)."""
     if model.evaluator not in EVALUATORS:
         raise ValueError(f"{type(model).__name__} names evaluator {model.evaluator!r}; known: "
                          f"{sorted(EVALUATORS)}")
+    if progress:
+        datasets = _DatasetsWithProgress(datasets)
     return EVALUATORS[model.evaluator](model, datasets, split, jit_compile, num_resamples)
 
 
