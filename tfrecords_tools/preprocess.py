@@ -455,3 +455,20 @@ def to_original_space(volume: np.ndarray, run_info: dict, fill: float = 0.0):
         grid = np.stack([sampler(c, fill=fill) for c in channels], axis=-1)
         grid = grid[..., 0] if volume.ndim == 3 else grid
     return nib.Nifti1Image(grid, original_affine)
+
+
+def to_stored_grid(volume: np.ndarray, run_info: dict, frame_shape: Sequence[int],
+                   fill: float = 0.0) -> np.ndarray:
+    """The inverse of `to_original_space` for a `(X, Y, Z)` volume on the run's original
+    grid (e.g. its mean EPI): resampled as the frames were (trilinear, when `voxel_size` was
+    set) and cropped/padded with the recorded offsets, `(D, H, W)` as the stored frames."""
+    volume = np.asarray(volume, np.float32)
+    original_affine = np.asarray(run_info["original_affine"], np.float64)
+    resampled_affine = np.asarray(run_info["resampled_affine"], np.float64)
+    resampled_shape = tuple(run_info["resampled_shape"])
+    if resampled_shape != tuple(volume.shape[:3]) or not np.allclose(resampled_affine,
+                                                                     original_affine):
+        sampler = _LinearSampler(_grid_coords(resampled_affine, resampled_shape, original_affine),
+                                 volume.shape[:3])
+        volume = sampler(volume, fill=fill)
+    return place(volume, run_info["offsets"], frame_shape, fill)

@@ -6,7 +6,8 @@ import numpy as np
 from tests.test_case import TestCase
 from tests.tfrecords_tools.helpers import AFFINE, reference_preprocess, synthetic_run
 from tfrecords_tools import BadInputError, PreprocessConfig, prepare_run
-from tfrecords_tools.preprocess import place, resampled_grid, to_original_space
+from tfrecords_tools.preprocess import (place, resampled_grid, to_original_space,
+                                        to_stored_grid)
 
 
 class PreprocessTest(TestCase):
@@ -61,6 +62,22 @@ class PreprocessTest(TestCase):
         img = to_original_space(np.ones((6, 8, 6), np.float32), meta)
         self.assertEqual(img.shape, (10, 12, 8))
         self.assertGreater(img.get_fdata()[5, 6, 4], 0.99)  # the brain's centre maps back
+
+    def test_to_stored_grid_places_a_volume_as_the_frames_were(self):
+        # a volume on the original grid (here the z-scored first frame, background outside
+        # the brain) lands where conversion put that frame, with and without resampling
+        for config in (self.config, PreprocessConfig(target_shape=(6, 8, 6), dtype="float32",
+                                                     voxel_size=(3.0, 3.0, 3.0), min_frames=4)):
+            meta, frames = prepare_run(self.path, config)
+            stored = next(frames).astype(np.float32)
+            mask = self.data[..., 0] != 0
+            original = np.full(mask.shape, meta["background"], np.float32)
+            original[mask] = (self.data[..., 0][mask] - meta["mean"]) / meta["std"]
+            placed = to_stored_grid(original, meta, stored.shape, fill=meta["background"])
+            self.assertEqual(placed.shape, stored.shape)
+            brain = stored != np.float32(meta["background"])
+            self.assertGreater(brain.sum(), 20)
+            self.assertAllClose(placed[brain], stored[brain], atol=2e-2, rtol=1e-3)
 
     def test_resampled_grid_keeps_field_of_view(self):
         affine, shape = resampled_grid(np.diag([2.0, 2.0, 2.0, 1.0]), (10, 10, 10), (4.0, 4.0, 4.0))

@@ -66,12 +66,50 @@ def mid_slices(window: np.ndarray) -> dict:
     return {k: np.ascontiguousarray(v)[None, :, :, None] for k, v in slices.items()}
 
 
-class BrainSlices(keras.callbacks.Callback):
-    """Mid-slice images of one input window, written once at the start of training."""
+def display_anatomy(dataset_dir: str, run: str) -> tuple[np.ndarray | None, str]:
+    """What the `slices/*` images show for a run, and why: `(None, note)` when a stored frame
+    shows the anatomy itself (z-scored over the brain: one shift and scale per run), or the
+    run's mean EPI on the stored grid `(D, H, W)` after voxel-wise normalisation, where each
+    voxel's time series is z-scored on its own, so a frame is the noise around each voxel's
+    mean and no anatomy is left in the stored data. The mean EPI is read from the run's
+    source NIfTI; when that is gone, the brain mask stands in (and the note says so)."""
+    import tfrecords_tools
+    from tfrecords_tools.preprocess import to_stored_grid
 
-    def __init__(self, log_dir, window):
+    settings = tfrecords_tools.load_dataset_info(dataset_dir)
+    if settings.get("preprocessing", {}).get("normalization") != "voxelwise":
+        return None, ("an input frame, z-scored over the brain (one shift and scale per run), "
+                      "scaled to its 1st-99th percentiles for display")
+    info = tfrecords_tools.run_info(dataset_dir, run)
+    frame_shape = tuple(settings["frame_shape"])
+    source = info.get("source")
+    if source and os.path.exists(source):
+        import nibabel as nib
+
+        image = nib.load(source)
+        frames = range(0, image.shape[3], max(1, image.shape[3] // 20))  # 20 frames are plenty
+        mean = np.mean([np.asarray(image.dataobj[..., t], np.float32) for t in frames], axis=0)
+        return to_stored_grid(mean, info, frame_shape), (
+            f"the mean EPI of run {info['key']} (its source NIfTI, on the stored grid): this "
+            "dataset is normalised voxel by voxel, so a stored frame (`input_frame/*`) is each "
+            "voxel's noise around its own mean and shows no anatomy")
+    mask = np.zeros(frame_shape, np.float32)
+    for frame in tfrecords_tools.read_frames(dataset_dir, run=info["key"]).take(8):
+        mask = np.maximum(mask, (frame["volume"].numpy() != info["background"]).astype(np.float32))
+    return mask, (f"the brain mask of run {info['key']}: this dataset is normalised voxel by "
+                  "voxel, so a stored frame shows no anatomy, and the run's source NIfTI (for "
+                  "its mean EPI) is no longer at " + str(source))
+
+
+class BrainSlices(keras.callbacks.Callback):
+    """Mid-slice images of one input window, written once at the start of training:
+    `slices/*` a view a human recognises (see `display_anatomy`), and, when that is not the
+    input itself, `input_frame/*` the frame the model sees."""
+
+    def __init__(self, log_dir, window, anatomy=None, note: str = ""):
         super().__init__()
         self.log_dir, self.window = str(log_dir), np.asarray(window)
+        self.anatomy, self.note = anatomy, note
         self.done = False
 
     def on_train_begin(self, logs=None):
@@ -80,9 +118,19 @@ class BrainSlices(keras.callbacks.Callback):
         if self.done:
             return
         writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        frame_note = ("frame 0 of an input window as the model sees it, scaled to its 1st-99th "
+                      "percentiles" + (" (voxel-wise z-scored: noise by design)"
+                                       if self.anatomy is not None else ""))
         with writer.as_default(step=0):
-            for name, image in mid_slices(self.window).items():
-                tf.summary.image(f"slices/{name}", image)
+            if self.anatomy is None:
+                for name, image in mid_slices(self.window).items():
+                    tf.summary.image(f"slices/{name}", image, description=self.note or frame_note)
+            else:
+                anatomy = np.asarray(self.anatomy, np.float32)[..., None, None]  # (D, H, W, 1, 1)
+                for name, image in mid_slices(anatomy).items():
+                    tf.summary.image(f"slices/{name}", image, description=self.note)
+                for name, image in mid_slices(self.window).items():
+                    tf.summary.image(f"input_frame/{name}", image, description=frame_note)
         writer.flush()
         self.done = True
 
@@ -127,7 +175,11 @@ def tensorboard_callbacks(config, log_dir, datasets, task_model) -> list:
         window = np.asarray(x[0])
         if window.ndim > len(datasets.input_shape):  # two views of a pair: show the first
             window = window[0]
-        callbacks.append(BrainSlices(log_dir, window))
+        anatomy, note = None, ""
+        index = getattr(datasets, "train_index", None)  # fMRI windows: which runs they are
+        if index:
+            anatomy, note = display_anatomy(config.data.dataset_dir, index[0]["run"])
+        callbacks.append(BrainSlices(log_dir, window, anatomy, note))
         callbacks.append(TaskImages(log_dir, task_model, window[None]))
     return callbacks
 
