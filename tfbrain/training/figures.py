@@ -1,6 +1,7 @@
 """Figures a researcher puts in a paper: an attribution map over the run's mean EPI, three
 orthogonal slices through its strongest voxel, thresholded (nilearn's `plot_stat_map`
-style, drawn with matplotlib, the optional `figures` extra).
+style), and for a group map a row of axial slices through the brain as well (nilearn's
+mosaic style); drawn with matplotlib, the optional `figures` extra.
 
 Letters: D/H/W the stored grid's axes (x, y, z of the converted run).
 """
@@ -46,6 +47,43 @@ def attribution_figure(attribution: np.ndarray, anatomy: np.ndarray, path: str,
     bar.set_label("Integrated Gradients", color="white")
     figure.suptitle(f"{title}  (|IG| > {percentile:g}th percentile, peak at voxel "
                     f"{tuple(int(i) for i in peak)})", color="white")
+    figure.savefig(path, dpi=100, facecolor="black")
+    plt.close(figure)
+    return path
+
+
+def group_attribution_figure(attribution: np.ndarray, anatomy: np.ndarray, path: str,
+                             title: str = "", percentile: float = 99.0,
+                             num_slices: int = 8) -> str:
+    """Write a PNG of a group map `(D, H, W)` over the group's mean EPI `(D, H, W)`: a row
+    of `num_slices` axial slices evenly through the brain (where a group effect may sit in
+    several places, not only around the strongest voxel), |attribution| above its
+    `percentile` (of nonzero voxels) in colour. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    magnitude = np.abs(attribution)
+    nonzero = magnitude[magnitude > 0]
+    threshold = float(np.percentile(nonzero, percentile)) if nonzero.size else 0.0
+    limit = float(magnitude.max()) or 1.0
+    in_brain = np.nonzero(np.any(anatomy != anatomy.min(), axis=(0, 1)))[0]  # axial planes
+    first, last = (in_brain[0], in_brain[-1]) if in_brain.size else (0, anatomy.shape[2] - 1)
+    planes = np.unique(np.linspace(first, last, num_slices + 2)[1:-1].round().astype(int))
+    figure, axes = plt.subplots(1, len(planes), figsize=(1.6 * len(planes) + 1, 2.6),
+                                facecolor="black", squeeze=False)
+    low, high = np.percentile(anatomy, [2, 98])
+    for axis, z in zip(axes[0], planes):
+        axis.imshow(anatomy[:, :, z].T, origin="lower", cmap="gray", vmin=low, vmax=high)
+        overlay = np.ma.masked_where(magnitude[:, :, z].T <= threshold, attribution[:, :, z].T)
+        image = axis.imshow(overlay, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+        axis.set_title(f"z={z}", color="white", fontsize=8)
+        axis.axis("off")
+    bar = figure.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
+    bar.ax.tick_params(colors="white", labelsize=7)
+    bar.set_label("Integrated Gradients", color="white", fontsize=8)
+    figure.suptitle(f"{title}  (|IG| > {percentile:g}th percentile)", color="white", fontsize=9)
     figure.savefig(path, dpi=100, facecolor="black")
     plt.close(figure)
     return path
