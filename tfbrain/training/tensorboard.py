@@ -4,7 +4,9 @@
                            (`epoch_loss`, `epoch_accuracy`, ...; validation adds the
                            subject-level ones), learning rate (Keras' TensorBoard callback)
   train/                   weight histograms, gradient histograms (`gradients/<variable>`),
-                           images `slices/{axial,coronal,sagittal}` of an input window
+                           images `slices/{axial,coronal,sagittal}` of an input window (after
+                           voxel-wise normalisation: the run's mean EPI, and the input frame
+                           under `slices_model_input/*`)
   validation/              the Task's images (e.g. MAE reconstructions), an Integrated-
                            Gradients map of a validation window (`attribution/...`)
   test/                    the test split's metrics of `best/`, at the last step
@@ -55,9 +57,13 @@ class GradientHistograms(keras.callbacks.Callback):
 
 def mid_slices(window: np.ndarray) -> dict:
     """Axial, coronal and sagittal mid-slices of frame 0 of a `(D, H, W, T, C)` window,
-    scaled to [0, 1] as `(1, rows, cols, 1)` images (axes D, H, W taken as x, y, z)."""
+    scaled to [0, 1] as `(1, rows, cols, 1)` images (axes D, H, W taken as x, y, z).
+
+    The scale is the 1st-99th percentiles of the voxels above the volume's minimum (the
+    background): with the background in them, a mean EPI's brain is one flat white."""
     volume = np.asarray(window, np.float32)[..., 0, 0]  # (D, H, W)
-    low, high = np.percentile(volume, [1, 99])
+    above = volume[volume > volume.min()]
+    low, high = np.percentile(above if above.size else volume, [1, 99])
     volume = np.clip((volume - low) / max(high - low, 1e-6), 0, 1)
     d, h, w = volume.shape
     slices = {"axial": volume[:, :, w // 2].T[::-1],      # (H, D): z mid
@@ -91,8 +97,8 @@ def display_anatomy(dataset_dir: str, run: str) -> tuple[np.ndarray | None, str]
         mean = np.mean([np.asarray(image.dataobj[..., t], np.float32) for t in frames], axis=0)
         return to_stored_grid(mean, info, frame_shape), (
             f"the mean EPI of run {info['key']} (its source NIfTI, on the stored grid): this "
-            "dataset is normalised voxel by voxel, so a stored frame (`input_frame/*`) is each "
-            "voxel's noise around its own mean and shows no anatomy")
+            "dataset is normalised voxel by voxel, so a stored frame (`slices_model_input/*`) "
+            "is each voxel's noise around its own mean and shows no anatomy")
     mask = np.zeros(frame_shape, np.float32)
     for frame in tfrecords_tools.read_frames(dataset_dir, run=info["key"]).take(8):
         mask = np.maximum(mask, (frame["volume"].numpy() != info["background"]).astype(np.float32))
@@ -104,7 +110,7 @@ def display_anatomy(dataset_dir: str, run: str) -> tuple[np.ndarray | None, str]
 class BrainSlices(keras.callbacks.Callback):
     """Mid-slice images of one input window, written once at the start of training:
     `slices/*` a view a human recognises (see `display_anatomy`), and, when that is not the
-    input itself, `input_frame/*` the frame the model sees."""
+    input itself, `slices_model_input/*` the frame the model sees."""
 
     def __init__(self, log_dir, window, anatomy=None, note: str = ""):
         super().__init__()
@@ -130,7 +136,7 @@ class BrainSlices(keras.callbacks.Callback):
                 for name, image in mid_slices(anatomy).items():
                     tf.summary.image(f"slices/{name}", image, description=self.note)
                 for name, image in mid_slices(self.window).items():
-                    tf.summary.image(f"input_frame/{name}", image, description=frame_note)
+                    tf.summary.image(f"slices_model_input/{name}", image, description=frame_note)
         writer.flush()
         self.done = True
 
@@ -248,11 +254,13 @@ def write_split_metrics(report: dict, log_dir, run: str, step: int) -> None:
 
 
 def write_attribution_image(model, datasets, log_dir, step: int, steps: int = 16) -> bool:
-    """Integrated Gradients of the first validation (or training) window, summed over frames:
+    """Integrated Gradients of the first validation (or training) window, summed over frames
+    and pooled to the backbone's input patches (`tfbrain attribute`'s default resolution):
     mid-slices beside the input's, in `validation/attribution/*`. Only for attributable Tasks."""
     import tensorflow as tf
 
-    from tfbrain.training.attribution import integrated_gradients
+    from tfbrain.training.attribution import (attribution_patch, integrated_gradients,
+                                              pool_to_patches)
 
     if not getattr(model, "attributable", False):
         return False
@@ -273,7 +281,12 @@ def write_attribution_image(model, datasets, log_dir, step: int, steps: int = 16
     out = np.asarray(model(window[None], training=False)[model.output_key])[0]
     attribution = integrated_gradients(model, window, model.default_attribution_unit(out),
                                        steps=steps, baseline_value=background)
-    magnitude = np.abs(attribution[..., 0].sum(axis=-1))[..., None, None]  # (D, H, W, 1, 1)
+    summed = attribution[..., 0].sum(axis=-1)  # (D, H, W)
+    patch = attribution_patch(model)
+    if patch is not None:  # the resolution `tfbrain attribute` shows by default
+        brain = np.any(window[..., 0] != np.float32(background), axis=-1)  # (D, H, W)
+        summed = pool_to_patches(summed, brain, patch)
+    magnitude = np.abs(summed)[..., None, None]  # (D, H, W, 1, 1)
     writer = tf.summary.create_file_writer(os.path.join(str(log_dir), "validation"))
     with writer.as_default(step=step):
         for name, image in mid_slices(magnitude).items():

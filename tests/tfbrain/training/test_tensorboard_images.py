@@ -64,7 +64,7 @@ def test_slices_and_the_input_frame_are_written_with_descriptions(cohorts, tmp_p
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 descriptions[value.tag] = value.metadata.summary_description
-    assert set(descriptions) == {f"{group}/{view}" for group in ("slices", "input_frame")
+    assert set(descriptions) == {f"{group}/{view}" for group in ("slices", "slices_model_input")
                                  for view in ("axial", "coronal", "sagittal")}
     assert "mean EPI" in descriptions["slices/axial"]
-    assert "noise by design" in descriptions["input_frame/axial"]
+    assert "noise by design" in descriptions["slices_model_input/axial"]
