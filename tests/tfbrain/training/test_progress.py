@@ -47,3 +47,20 @@ def test_training_bar_counts_the_whole_run_across_fit_calls(monkeypatch):
     assert terminal.getvalue()
     assert "3/6" in lines[0] and "epoch 1, loss 0.5" in lines[0]
     assert "6/6" in lines[-1] and "epoch 2, loss 0.5" in lines[-1]
+
+
+def test_evaluation_bar_knows_how_many_batches_come(tmp_path):
+    from tests.tfbrain.training.cohort import convert_cohort, planted_cohort
+    from tests.tfbrain.training.test_trainer import make_config
+    from tfbrain.models.registry import get_family, get_task_class
+    from tfbrain.training.data import make_datasets
+    from tfbrain.training.evaluation import _DatasetsWithProgress
+
+    paths, labels = planted_cohort(str(tmp_path / "nii"), num_subjects=6)
+    convert_cohort(paths, labels, str(tmp_path / "dataset"))
+    config = make_config(str(tmp_path / "dataset"), str(tmp_path / "run"),
+                         data={"eval_batch_size": 3, "eval_stride": 4})
+    datasets = _DatasetsWithProgress(make_datasets(config, get_task_class("classification"),
+                                                   get_family("swift").input_kind))
+    batches = datasets.evaluation("train")
+    assert batches.batches == sum(1 for _ in batches)  # counted from dataset.json alone
