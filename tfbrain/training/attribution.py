@@ -315,8 +315,8 @@ def write_group_attribution(model, dataset_dir: str, runs: list[str], out_path: 
     mean over the other runs. With the background baseline each run's map also holds what
     every brain shares (the path from an empty brain to any brain passes through its
     anatomy), which dominates a one-class mean; the difference keeps what tells the classes
-    apart (docs/training.md: on planted cohorts, 100% of the top-1% voxels in the planted
-    region, against 22% for the patients' mean)."""
+    apart (docs/training.md: on a z-scored planted cohort, 22% of the patients' mean's
+    top-1% voxels lay in the planted region, 99% of the contrast's)."""
     import nibabel as nib
 
     import tfrecords_tools
