@@ -373,6 +373,7 @@ def _confound_betas(raw: np.ndarray, mask: np.ndarray, slope: float, inter: floa
     """
     per_slice = max(1, int(mask[0].size) * len(frame_ids))
     slab = max(1, int(4e6 // per_slice))  # ~32 MB of float64 per slab
+    operator = confounds_lib.least_squares_operator(design)  # (R, K)
     betas = np.empty((design.shape[1], int(mask.sum())), np.float64)
     done = 0
     for x0 in range(0, mask.shape[0], slab):
@@ -383,7 +384,7 @@ def _confound_betas(raw: np.ndarray, mask: np.ndarray, slope: float, inter: floa
         block = block[:, frame_ids].astype(np.float64) * slope + inter  # (n, K)
         if not np.isfinite(block).all():
             _check_finite(raw, 0, raw, path)
-        betas[:, done:done + block.shape[0]] = confounds_lib.regression_betas(block, design)
+        betas[:, done:done + block.shape[0]] = operator @ block.T  # (R, n)
         done += block.shape[0]
     return betas
 
@@ -560,7 +561,8 @@ def prepare_run(path: str, config: PreprocessConfig, mask_path: Optional[str] = 
             # a large offset), then float32 for resampling
             value = raw[..., t].astype(np.float64) * slope + inter
             if betas is not None:
-                value[mask] -= centred_design[row_of[t]] @ betas
+                # einsum, not `@`: a BLAS gemv for one frame measured 20x slower on a loaded machine
+                value[mask] -= np.einsum("r,rn->n", centred_design[row_of[t]], betas)
             frame = ((value - shift_at(t)) / scale).astype(np.float32)
             frame[~mask] = background
             if sampler is not None:

@@ -116,8 +116,6 @@ def runs_from_table(table_path: str, *, path_column: str = "path", subject_colum
     return runs
 
 
-# BIDS entities in the order the specification writes them; fMRIPrep adds space/res/den/desc
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "res", "den", "desc")
 FILTER_ENTITIES = ("sub", "ses", "task", "acq", "run", "space", "desc")
 
 
@@ -138,10 +136,6 @@ def parse_bids_name(file_name: str) -> tuple[dict, str, str]:
         else:
             suffix = piece
     return entities, suffix, dot + rest
-
-
-def _entities(file_name: str) -> dict:
-    return parse_bids_name(file_name)[0]
 
 
 def _same_label(entity: str, value: Optional[str], wanted: set) -> bool:
