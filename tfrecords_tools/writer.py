@@ -269,7 +269,7 @@ def _convert_one(run: Run, output_dir: str, settings: dict) -> dict:
 
 def _convert_checked(run: Run, output_dir: str, settings: dict, config, labels: dict, fingerprint: dict) -> dict:
     metadata, frames = prepare_run(run.path, config, mask_path=run.mask_path, tr=run.tr,
-                                   confounds_path=run.confounds_path if config.uses_confounds_file else None,
+                                   confounds_path=run.confounds_path,
                                    segment=run.segment)
 
     label = float("nan")
@@ -401,7 +401,9 @@ def _convert_locked(runs, output_dir, config, compression, shard_size_mb, worker
     runs, problems = check_runs(runs, require_labels=require_labels)
     for problem in problems:
         bad(problem)
-    if config.fd_threshold is not None:
+    if not config.uses_confounds_file:  # an unused confounds table is no input: its edits redo nothing
+        runs = [dataclasses.replace(r, confounds_path=None) if r.confounds_path else r for r in runs]
+    elif config.fd_threshold is not None:
         runs = _scrubbed_segments(runs, config, bad)
     if use_events:
         for run in [r for r in runs if not r.events_path]:

@@ -113,6 +113,7 @@ class FMRIPrepPrepareTest(TestCase):
         self.assertEqual(record["strategy"], "motion24+wm_csf+cosine")
         self.assertEqual(record["frames_kept"], [t for t in range(40) if t not in (12, 25)])
         self.assertTrue(record["file"].endswith("sub-01_task-rest_desc-confounds_timeseries.tsv"))
+        self.assertIn("sha256", runs[f"{sub01}_seg-2"]["inputs"]["confounds"])  # an edit redoes the run
         sub02 = [k for k in runs if k.startswith("sub-02")]
         self.assertEqual(len(sub02), 3)  # nothing scrubbed: keys unchanged, every frame kept
         self.assertTrue(all(runs[k]["num_frames"] == 40 and runs[k]["confounds"]["segment"] is None for k in sub02))
@@ -145,6 +146,17 @@ class FMRIPrepPrepareTest(TestCase):
             self.assertEqual(len(stderr.strip().splitlines()), 1, stderr)
             self.assertRegex(stderr, pattern)
             self.assertNotIn("Traceback", stderr)
+
+    def test_without_confounds_the_table_is_no_input(self):
+        out = os.path.join(self.get_temp_dir(), "plain")  # sub-03's table lacks csf: unused, no matter
+        code, _, stderr = self.prepare("--bids", self.root, "--participant-label", "03", "--target-shape", "16", "16",
+                                       "8", "--min-frames", "8", "--workers", "0", "--no-progress", "-o", out)
+        self.assertEqual(code, 0, stderr)
+        with open(os.path.join(out, "dataset.json")) as f:
+            run = json.load(f)["runs"][0]
+        self.assertNotIn("confounds", run["inputs"])
+        self.assertNotIn("confounds", run)
+        self.assertNotIn("reorientation", run)
 
     def test_events_labels_follow_the_kept_frames(self):
         from tfrecords_tools import events as events_lib
