@@ -205,6 +205,17 @@ class OrientationTest(TestCase):
         np.testing.assert_array_equal(frames["lps"], frames["ras"])
         np.testing.assert_array_equal(frames["zxy"], frames["ras"])
 
+    def test_resampled_after_reorientation_maps_back(self):
+        name, data, affine = self.variants()[2]  # axes (z, x, y)
+        config = PreprocessConfig(target_shape=(6, 6, 6), voxel_size=(3.0, 4.0, 3.0), min_frames=4,
+                                  orientation="ras")
+        meta, _ = prepare_run(self.save("zxy.nii.gz", data, affine), config)
+        self.assertEqual(meta["resampled_shape"], [6, 9, 6])  # the RAS grid (9, 11, 7) at 3 x 4 x 3 mm
+        img = to_original_space(np.ones((6, 6, 6), np.float32), meta)
+        self.assertEqual(img.shape, data.shape[:3])
+        self.assertAllClose(img.affine, affine)
+        self.assertGreater(img.get_fdata()[3, 4, 5], 0.99)  # the brain's centre, RAS voxel (4, 5, 3)
+
     def test_mask_is_reoriented_with_its_run(self):
         name, data, affine = self.variants()[1]  # LPS
         mask = np.zeros(data.shape[:3], np.uint8)
