@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.tensors import NUMPY_BY_DTYPE, ndarray_to_tensor_proto
 from serving.validation import RequestError, SignatureSpec
@@ -151,7 +151,9 @@ def json_to_array(value, dtype: int) -> np.ndarray:
     if dtype == types_pb2.DT_STRING:
         if not kinds <= {str, dict}:
             raise _type_error(next(v for v in leaves if type(v) not in (str, dict)), dtype)
-        return np.array([_string_leaf(v) for v in leaves], dtype=object).reshape(shape)
+        strings = np.empty(len(leaves), dtype=object)
+        strings[:] = [_string_leaf(v) for v in leaves]
+        return strings.reshape(shape)
     allowed = {int, float} if dtype in _FLOAT_DTYPES else {int} if dtype in _INT_DTYPES else {bool}
     if not kinds <= allowed:
         raise _type_error(next(v for v in leaves if type(v) not in allowed), dtype)
@@ -172,15 +174,6 @@ def _string_leaf(value) -> bytes:
         return base64.b64decode(value[BASE64_KEY], validate=True)
     except (binascii.Error, ValueError):
         raise _invalid("Unable to base64 decode") from None
-
-
-def _tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    if array.dtype == object:  # DT_STRING: string_val, one bytes value per element
-        return tensor_pb2.TensorProto(
-            dtype=types_pb2.DT_STRING, string_val=list(array.ravel()),
-            tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape]))
-    return ndarray_to_tensor_proto(array)
 
 
 def _instances_to_arrays(instances, signature: SignatureSpec) -> dict[str, np.ndarray]:
@@ -252,7 +245,7 @@ def predict_inputs(document: dict, signature: SignatureSpec) -> tuple[dict[str, 
         arrays, row_format = _inputs_to_arrays(document[INPUTS_KEY], signature), False
     else:
         raise _invalid(f"Missing '{INPUTS_KEY}' or '{INSTANCES_KEY}' key")
-    return {name: _tensor_proto(array) for name, array in arrays.items()}, row_format
+    return {name: ndarray_to_tensor_proto(array) for name, array in arrays.items()}, row_format
 
 
 # === Response: arrays -> JSON text ===

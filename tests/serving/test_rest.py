@@ -385,3 +385,32 @@ def test_curl_against_tfbrain_serve_equals_grpc(tmp_path):
             process.kill()
     assert process.returncode == 0, output[-2000:]
     assert f"REST API on http://127.0.0.1:{rest_port}/v1/models/NAME" in output
+
+
+def test_string_tensors_travel_as_base64(tmp_path):
+    """A string signature (tfbrain exports none; TF-Serving's b64 rule is checked on a tiny
+    tf.Module): {"b64": ...} in, `_bytes` outputs out as {"b64": ...}, others as text."""
+    import base64
+
+    import tensorflow as tf
+
+    class Echo(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")], jit_compile=False)
+        def serve(self, text):
+            return {"length": tf.strings.length(text), "echo_bytes": text, "upper": tf.strings.upper(text)}
+
+    module = Echo()
+    tf.saved_model.save(module, str(tmp_path / "echo" / "1"), signatures={"serving_default": module.serve})
+    payload = b"\x00\xffab"
+    with ModelServer({"echo": tmp_path / "echo"}, port=0, rest_port=0) as server:
+        body = json.dumps({"instances": [{"b64": base64.b64encode(payload).decode()}, "hi"]}).encode()
+        request = urllib.request.Request(f"{server.rest.url}/v1/models/echo:predict", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        with PredictionClient(server.target, "echo") as client:  # the same tensors over gRPC
+            grpc_outputs = client.predict({"text": np.array([payload, b"hi"], dtype=object)})
+    assert answer == {"predictions": [
+        {"echo_bytes": {"b64": base64.b64encode(payload).decode()}, "length": 4, "upper": "\x00\ufffdAB"},
+        {"echo_bytes": {"b64": "aGk="}, "length": 2, "upper": "HI"}]}
+    assert grpc_outputs["echo_bytes"].tolist() == [payload, b"hi"]
+    assert grpc_outputs["length"].tolist() == [4, 2]
