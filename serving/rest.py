@@ -13,7 +13,9 @@ policy, labels) and the request validation (dtype, shape, batch cap) of the gRPC
 a request is turned into TensorProtos and run through `serving.server.run_signature`.
 
 Differences from TF-Serving, each on purpose: a body over `max_body_bytes` is refused with
-413 before it is read (TF-Serving has no limit), a body without Content-Length with 411;
+413 before it is parsed (TF-Serving has no limit): at once when the client waits for
+`100 Continue` or declares more than twice the limit, else after reading and dropping it so
+that the client reads the answer; a body without Content-Length is refused with 411;
 an unknown key in a columnar `inputs` object is refused (TF-Serving ignores it; gRPC refuses
 it); paths outside /v1/ answer 404 with an error JSON; no CORS.
 """
@@ -194,13 +196,37 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._reply(400, error_json(f"Content-Length is not a byte count: {length_text!r}"), close=True)
             return None
-        limit = self.server.max_body_bytes
-        if length > limit:
-            self._reply(413, error_json(
-                f"request body of {length} bytes is over the REST limit of {limit} bytes "
-                f"(--rest-max-body-mb); send smaller batches, or full windows over gRPC"), close=True)
+        if length > self.server.max_body_bytes:
+            if length <= 2 * self.server.max_body_bytes:
+                self._discard(length)  # so that a client still sending the body reads the 413
+            self._reply_too_large(length)
             return None
         return self.rfile.read(length)
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 2**16))  # read and dropped: nothing is kept
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def _reply_too_large(self, length: int) -> None:
+        limit = self.server.max_body_bytes
+        self._reply(413, error_json(
+            f"request body of {length} bytes is over the REST limit of {limit} bytes "
+            f"(--rest-max-body-mb); send smaller batches, or full windows over gRPC"), close=True)
+
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue` (curl sends it for bodies over 1 MB): refuse an oversized
+        body before the client sends it, instead of inviting it."""
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = 0
+        if length > self.server.max_body_bytes:
+            self._reply_too_large(length)
+            return False
+        return super().handle_expect_100()
 
     def _dispatch(self) -> None:
         body = self._read_body()

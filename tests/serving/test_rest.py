@@ -254,9 +254,21 @@ class RestServerTest(TestCase):
             connection.close()
         self.assertIn(f"request body of 1000000000 bytes is over the REST limit of {MAX_BODY_BYTES} bytes",
                       message)
-        # a body over the limit that is sent whole: the same answer
+        # a body over the limit that is sent whole: the same answer, read by the client
         too_big = {"inputs": windows(batch=4).tolist(), "padding": "x" * MAX_BODY_BYTES}
         self.assert_error("POST", "/v1/models/toy:predict", too_big, 413, "over the REST limit")
+        # Expect: 100-continue (curl, for bodies over 1 MB): refused before the body is invited
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.rest.port, timeout=30)
+        try:
+            connection.putrequest("POST", "/v1/models/toy:predict")
+            connection.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+            connection.putheader("Expect", "100-continue")
+            connection.endheaders()
+            response = connection.getresponse()
+            self.assertEqual(response.status, 413)  # not 100 Continue
+            self.assertIn("over the REST limit", json.loads(response.read())["error"])
+        finally:
+            connection.close()
         # no Content-Length (chunked): refused too
         connection = http.client.HTTPConnection("127.0.0.1", self.server.rest.port, timeout=30)
         try:
