@@ -167,6 +167,7 @@ def rest_predict_body(windows, signature_name: str = DEFAULT_SIGNATURE) -> dict:
     POST it to http://HOST:8501/v1/models/NAME[/versions/N]:predict. Floats travel as JSON
     numbers (about 5x the raw size), so keep REST for small signatures; use gRPC for full
     windows. The response is {"predictions": [{output: value, ...}, ...]}.
+    `serving.rest_client.RestPredictionClient` sends such requests and decodes the answers.
     """
     windows = np.asarray(windows, dtype=np.float32)
     if windows.ndim == 5:
