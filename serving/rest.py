@@ -242,6 +242,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
+    def send_error(self, code, message=None, explain=None):
+        """The stdlib's own refusals (a malformed request line, an unsupported method such as
+        HEAD, headers too long) as {"error": ...} JSON too, instead of its HTML page."""
+        short = self.responses.get(code, ("error",))[0]
+        payload = error_json(message or short).encode("utf-8")
+        self.send_response(code, message)
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        if code < 200 or code in (204, 304) or self.command == "HEAD":
+            self.end_headers()
+            return
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def log_message(self, format, *args):  # noqa: A002  (the stdlib's name) — to logging, not stderr
         logger.debug("%s %s", self.address_string(), format % args)
 

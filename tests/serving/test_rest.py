@@ -234,6 +234,7 @@ class RestServerTest(TestCase):
                                   "Malformed request"),
             "unknown method": ("DELETE", "/v1/models/toy", None, 400, "Malformed request: DELETE"),
             "outside v1": ("GET", "/index.html", None, 404, "under /v1/models/NAME"),
+            "a method the stdlib refuses": ("OPTIONS", "/v1/models/toy", None, 501, "Unsupported method"),
         }
         for label, (method, path, body, status, pattern) in cases.items():
             with self.subTest(label):
@@ -361,6 +362,13 @@ def test_serve_cli_flags_are_checked(tmp_path, capsys):
         assert main(["serve", str(tmp_path / "toy"), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("tfbrain serve: error:") and message in err[0], err
+    with socket.socket() as sock:  # a REST port in use: one line too
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["serve", str(tmp_path / "toy"), "--port", "0", "--rest-port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"tfbrain serve: error: could not bind 127.0.0.1:{port} for REST"), err
 
 
 def test_curl_against_tfbrain_serve_equals_grpc(tmp_path):
