@@ -15,7 +15,7 @@ a request is turned into TensorProtos and run through `serving.server.run_signat
 Differences from TF-Serving, each on purpose: a body over `max_body_bytes` is refused with
 413 before it is parsed (TF-Serving has no limit): at once when the client waits for
 `100 Continue` or declares more than twice the limit, else after reading and dropping it so
-that the client reads the answer; a body without Content-Length is refused with 411;
+that the client reads the answer (a chunked body: as soon as it passes the limit);
 an unknown key in a columnar `inputs` object is refused (TF-Serving ignores it; gRPC refuses
 it); paths outside /v1/ answer 404 with an error JSON; no CORS.
 """
@@ -185,9 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes | None:
         """The request body, or None after replying with an error (the connection then closes)."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._reply(411, error_json("chunked request bodies are not supported; send Content-Length"),
-                        close=True)
-            return None
+            return self._read_chunked()
         length_text = self.headers.get("Content-Length", "0")
         try:
             length = int(length_text)
@@ -202,6 +200,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply_too_large(length)
             return None
         return self.rfile.read(length)
+
+    def _read_chunked(self) -> bytes | None:
+        """A `Transfer-Encoding: chunked` body, refused with 413 as soon as it passes the limit."""
+        parts, total = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                self._reply(400, error_json(f"malformed chunked body: chunk size line {line[:40]!r}"), close=True)
+                return None
+            if size == 0:
+                while self.rfile.readline(1024).strip():  # trailer lines, up to the blank one
+                    pass
+                return b"".join(parts)
+            total += size
+            if total > self.server.max_body_bytes:
+                self._reply_too_large(total)
+                return None
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
 
     def _discard(self, length: int) -> None:
         while length > 0:
