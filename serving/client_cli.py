@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use TF-Serving's REST API (JSON over HTTP) instead of gRPC; small windows only")
     parser.add_argument("--model", required=True, help="model name on the server")
     parser.add_argument("--version", type=int, help="model version (default: the server's default)")
+    parser.add_argument("--version-label", help="model version by label (tfbrain serve --version-label, "
+                                                "TF-Serving's version_labels) instead of --version")
     parser.add_argument("--signature", default="serving_default", help="serving_default (default) or embed")
     parser.add_argument("--fp16", action="store_true", help="send float16 windows to <signature>_fp16")
     parser.add_argument("--batch-size", type=int, default=1, help="windows per request (default 1)")
@@ -38,11 +40,13 @@ def run(args: argparse.Namespace) -> int:
                              "too); drop --fp16 or use gRPC")
         from serving.rest_client import RestPredictionClient
         client = RestPredictionClient(args.target or "127.0.0.1:8501", args.model, version=args.version,
-                                      timeout_s=args.timeout_s, retries=args.retries)
+                                      version_label=args.version_label, timeout_s=args.timeout_s,
+                                      retries=args.retries)
     else:
         from serving.client import PredictionClient
         client = PredictionClient(args.target or "127.0.0.1:8500", args.model, version=args.version,
-                                  use_fp16=args.fp16, timeout_s=args.timeout_s, retries=args.retries)
+                                  version_label=args.version_label, use_fp16=args.fp16,
+                                  timeout_s=args.timeout_s, retries=args.retries)
     with client:
         window_shape = client.window_shape(args.signature)
         preprocessing = preprocessing_from_file(args.preprocessing) if args.preprocessing else None

@@ -131,16 +131,13 @@ class RestServerTest(TestCase):
                 self.assertEqual(status, 200, answer)
                 self.assertAllClose(answer["outputs"]["logits"], self.models[version](x)["logits"], atol=1e-5)
         # the same label over gRPC gives the same numbers: one lookup behind both
-        from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
-        from serving.tensors import ndarray_to_tensor_proto, tensor_proto_to_ndarray
-        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="toy", version_label="stable"))
-        ndarray_to_tensor_proto(x, out=request.inputs["fmri"])
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(self.grpc.channel)
-        response = stub.Predict(request, timeout=30)
-        self.assertEqual(response.model_spec.version.value, 1)
+        with PredictionClient(self.server.target, "toy", version_label="stable") as stable:
+            self.assertEqual(stable.model_spec().version_label, "stable")
+            expected = stable.predict(x)["logits"]
+            self.assertEqual(stable.status(), [(1, "AVAILABLE")])
         _, answer = self.call("POST", "/v1/models/toy/labels/stable:predict", {"inputs": x.tolist()})
-        np.testing.assert_array_equal(np.array(answer["outputs"]["logits"], "float32"),
-                                      tensor_proto_to_ndarray(response.outputs["logits"]))
+        np.testing.assert_array_equal(np.array(answer["outputs"]["logits"], "float32"), expected)
+        self.assertAllClose(expected, self.models[1](x)["logits"], atol=1e-5)
 
     def test_status(self):
         status, answer = self.call("GET", "/v1/models/toy/versions/1")
@@ -334,13 +331,14 @@ class RestServerTest(TestCase):
         np.save(folder / "windows.npy", x)
         for protocol, target in (("rest", f"127.0.0.1:{self.server.rest.port}"), ("grpc", self.server.target)):
             code = cli.main(["predict", str(folder / "windows.npy"), "--target", target, "--model", "toy",
-                             "--batch-size", "2", "--output", str(folder / f"{protocol}.npz")]
-                            + (["--rest"] if protocol == "rest" else []))
+                             "--batch-size", "2", "--version-label", "stable",
+                             "--output", str(folder / f"{protocol}.npz")] + (["--rest"] if protocol == "rest" else []))
             self.assertEqual(code, 0)
         with np.load(folder / "rest.npz") as rest, np.load(folder / "grpc.npz") as grpc_out:
             self.assertEqual(sorted(rest.files), sorted(grpc_out.files))
             for name in rest.files:
                 np.testing.assert_array_equal(rest[name], grpc_out[name])
+            self.assertAllClose(rest["logits"], self.models[1](x)["logits"], atol=1e-5)  # "stable" is version 1
 
 
 def test_rest_binds_localhost_by_default_and_refuses_a_port_in_use(tmp_path):
