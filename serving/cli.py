@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gRPC send/receive limit in MiB (default 2047, about TF-Serving's 2 GB)")
     parser.add_argument("--grace-s", type=float, default=10.0,
                         help="on SIGTERM, seconds to let running requests finish (default 10)")
-    parser.add_argument("--ready-file", help="write the bound gRPC port here once serving, and the REST port on a second line "
-                             "with --rest-port (for scripts)")
+    parser.add_argument("--ready-file", help="write the bound gRPC port here once serving, and the REST "
+                                             "port on a second line with --rest-port (for scripts)")
     parser.add_argument("--rest-port", type=int, default=None,
                         help="also serve TF-Serving's REST API on this port (TF-Serving uses 8501; "
                              "0 picks a free one; default: no REST)")

@@ -57,7 +57,8 @@ def test_strings_and_base64():
 def test_ragged_and_misnested_lists():
     refused(lambda: json_to_array([[1, 2], [3]], types_pb2.DT_FLOAT),
             "Encountered list at unexpected size: 1 at level: 1 expected size: 2")
-    refused(lambda: json_to_array([[1], 2], types_pb2.DT_FLOAT), "JSON Value: 2 found at incorrect level: 2 in the JSON DOM. Expected at level: 2")
+    refused(lambda: json_to_array([[1], 2], types_pb2.DT_FLOAT),
+            "JSON Value: 2 found at incorrect level: 2 in the JSON DOM. Expected at level: 2")
     refused(lambda: json_to_array([[1, [2]]], types_pb2.DT_FLOAT), "Encountered list at unexpected level")
 
 

@@ -187,7 +187,8 @@ class RestServerTest(TestCase):
             "malformed JSON": ("POST", predict, b"instances = [1, 2]", 400, "JSON Parse error: .* at offset: 0"),
             "not an object": ("POST", predict, [1, 2], 400, "Is not object"),
             "no tensors": ("POST", predict, {"signature_name": "embed"}, 400, "Missing 'inputs' or 'instances' key"),
-            "both formats": ("POST", predict, {"inputs": x, "instances": x}, 400, "only one of 'inputs' or 'instances'"),
+            "both formats": ("POST", predict, {"inputs": x, "instances": x}, 400,
+                             "only one of 'inputs' or 'instances'"),
             "empty instances": ("POST", predict, {"instances": []}, 400, "No values in 'instances'"),
             "signature not a string": ("POST", predict, {"signature_name": 100, "inputs": x}, 400,
                                        "'signature_name' key must be a string value"),
@@ -200,10 +201,12 @@ class RestServerTest(TestCase):
                                  r"element: 1 key: fmri.*Expecting shape \[4, 4, 4, 3, 1\] but got: \[4, 4, 4, 2, 1\]"),
             "strings for floats": ("POST", predict, {"instances": ["x", "y"]}, 400,
                                    'JSON Value: "x" Type: String is not of expected type: float'),
-            "bools for floats": ("POST", predict, {"inputs": [[[[[[True]]]]]]}, 400, "Type: True is not of expected type: float"),
+            "bools for floats": ("POST", predict, {"inputs": [[[[[[True]]]]]]}, 400,
+                                 "Type: True is not of expected type: float"),
             "float16 signature": ("POST", predict, {"signature_name": "serving_default_fp16", "inputs": x}, 501,
                                   "to type: half.*JSON has no float16"),
-            "unknown input": ("POST", predict, {"inputs": {"fmri": x, "mask": x}}, 400, r"unknown input\(s\) \['mask'\]"),
+            "unknown input": ("POST", predict, {"inputs": {"fmri": x, "mask": x}}, 400,
+                              r"unknown input\(s\) \['mask'\]"),
             "missing input": ("POST", predict, {"inputs": {"mask": x}}, 400, "Missing named input: fmri"),
             "unknown instance key": ("POST", predict, {"instances": [{"mask": x[0]}]}, 400,
                                      "does not have named input: mask"),
@@ -288,7 +291,8 @@ class RestServerTest(TestCase):
         connection = http.client.HTTPConnection("127.0.0.1", self.server.rest.port, timeout=30)
         try:
             for seed in (1, 2):  # two requests, one connection; an error answer keeps it open too
-                connection.request("POST", "/v1/models/toy:predict", body=json.dumps({"inputs": windows(seed=seed).tolist()}))
+                body = json.dumps({"inputs": windows(seed=seed).tolist()})
+                connection.request("POST", "/v1/models/toy:predict", body=body)
                 response = connection.getresponse()
                 self.assertEqual(response.status, 200)
                 response.read()
@@ -311,7 +315,8 @@ class RestServerTest(TestCase):
                 np.testing.assert_array_equal(outputs[name], value)
             np.testing.assert_array_equal(client.embed(x), self.grpc.embed(x))
             self.assertEqual(client.window_shape(), VOLUME)
-            self.assertEqual(client.signatures()["serving_default_fp16"], self.grpc.signatures()["serving_default_fp16"])
+            self.assertEqual(client.signatures()["serving_default_fp16"],
+                             self.grpc.signatures()["serving_default_fp16"])
             self.assertIn((2, "AVAILABLE"), client.status())
             with self.assertRaisesRegex(ValueError, "float16"):
                 client.predict(x, "serving_default_fp16")
@@ -384,7 +389,8 @@ def test_curl_against_tfbrain_serve_equals_grpc(tmp_path):
     ready = tmp_path / "ports"
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from tfbrain.cli import main; sys.exit(main(sys.argv[1:]))",  # tfbrain
-         "serve", str(tmp_path / "toy"), "--port", "0", "--rest-port", "0", "--ready-file", str(ready)], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+         "serve", str(tmp_path / "toy"), "--port", "0", "--rest-port", "0", "--ready-file", str(ready)],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120
