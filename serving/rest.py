@@ -169,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive for curl, requests and web back-ends
     server_version = "tfbrain-serving"
+    timeout = 60  # seconds a socket read may wait: an idle or stalled client frees its thread
     server: "_HTTPServer"
 
     def _reply(self, status: int, text: str, close: bool = False) -> None:
@@ -208,6 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
             line = self.rfile.readline(1024)
             try:
                 size = int(line.split(b";")[0].strip(), 16)
+                if size < 0:
+                    raise ValueError  # read(-1) would read to the end of the stream
             except ValueError:
                 self._reply(400, error_json(f"malformed chunked body: chunk size line {line[:40]!r}"), close=True)
                 return None

@@ -286,6 +286,13 @@ class RestServerTest(TestCase):
         finally:
             connection.close()
         self.assertEqual(answer, self.call("POST", "/v1/models/toy:predict", text)[1])
+        # a negative chunk size is malformed, not "read to the end"
+        with socket.create_connection(("127.0.0.1", self.server.rest.port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n-5\r\n")
+            reply = sock.makefile("rb").read()  # the server answers and closes
+        self.assertTrue(reply.startswith(b"HTTP/1.1 400"), reply[:100])
+        self.assertIn(b"malformed chunked body", reply)
 
     def test_keep_alive_connection(self):
         connection = http.client.HTTPConnection("127.0.0.1", self.server.rest.port, timeout=30)
