@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NIfTI input: the training preprocessing, from the training dataset's "
                              "dataset.json or the export's assets.extra/tfbrain_export.json "
                              "(default: tfbrain prepare's defaults)")
+    parser.add_argument("--confounds",
+                        help="NIfTI input: the run's fMRIPrep *_desc-confounds_timeseries.tsv[.gz], needed when "
+                             "the training data was prepared with --confounds/--fd-threshold (their strategy "
+                             "and threshold come from --preprocessing; scrubbed runs give windows per kept segment)")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline per request (default 60)")
     parser.add_argument("--retries", type=int, default=2, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED")
     parser.add_argument("--output", help="save the outputs to this .npz")
@@ -50,16 +54,26 @@ def run(args: argparse.Namespace) -> int:
     with client:
         window_shape = client.window_shape(args.signature)
         preprocessing = preprocessing_from_file(args.preprocessing) if args.preprocessing else None
-        windows = load_windows(args.input, window_shape, preprocessing=preprocessing,
-                               max_windows=args.max_windows, split=args.split)
+        windows, provenance = load_windows(args.input, window_shape, preprocessing=preprocessing,
+                                           max_windows=args.max_windows, split=args.split,
+                                           confounds=args.confounds, return_frames=True)
         batches = [client.predict(windows[i:i + args.batch_size], args.signature)
                    for i in range(0, len(windows), args.batch_size)]
     outputs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     np.set_printoptions(precision=4, suppress=True)
     for index in range(len(windows)):
         fields = ", ".join(f"{k}={outputs[k][index]}" for k in sorted(outputs))
-        print(f"window {index}: {fields}")
+        origin = "" if provenance is None else _window_origin(provenance, index)
+        print(f"window {index}{origin}: {fields}")
+    if provenance is not None:  # which source frames and kept segment each window came from
+        outputs = {**outputs, "window_frames": provenance.frames, "window_segment": provenance.segment}
     if args.output:
         np.savez(args.output, **outputs)
         print(f"saved {', '.join(sorted(outputs))} to {args.output}")
     return 0
+
+
+def _window_origin(provenance, index: int) -> str:
+    """` (frames 13-20, segment 2/3)`: source frames [start, stop) shown inclusive."""
+    start, stop = (int(f) for f in provenance.frames[index])
+    return f" (frames {start}-{stop - 1}, segment {int(provenance.segment[index])}/{len(provenance.segments)})"
