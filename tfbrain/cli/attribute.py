@@ -9,7 +9,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="a training run folder (its best/, else final/) or a preset folder")
     parser.add_argument("--dataset", help="dataset folder (default: the one it was trained on)")
-    parser.add_argument("--subject", required=True, help="run key, or a subject with one run")
+    parser.add_argument("--subject", required=True, help="run key, or a subject with one run; a run scrubbed into "
+                                                       "<key>_seg-<i> segments by its <key> (or subject): "
+                                                       "one map over all its segments")
     parser.add_argument("--out", required=True, help="output NIfTI (.nii.gz), original space")
     parser.add_argument("--steps", type=int, default=32, help="Riemann steps of the path integral")
     parser.add_argument("--target",
