@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NIfTI input: the run's fMRIPrep *_desc-confounds_timeseries.tsv[.gz], needed when "
                              "the training data was prepared with --confounds/--fd-threshold (their strategy "
                              "and threshold come from --preprocessing; scrubbed runs give windows per kept segment)")
+    parser.add_argument("--mask", help="NIfTI input: the run's brain mask (fMRIPrep *_desc-brain_mask.nii.gz), when "
+                                       "the training runs were prepared with theirs")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline per request (default 60)")
     parser.add_argument("--retries", type=int, default=2, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED")
     parser.add_argument("--output", help="save the outputs to this .npz")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         preprocessing = preprocessing_from_file(args.preprocessing) if args.preprocessing else None
         windows, provenance = load_windows(args.input, window_shape, preprocessing=preprocessing,
                                            max_windows=args.max_windows, split=args.split,
-                                           confounds=args.confounds, return_frames=True)
+                                           confounds=args.confounds, mask=args.mask, return_frames=True)
         batches = [client.predict(windows[i:i + args.batch_size], args.signature)
                    for i in range(0, len(windows), args.batch_size)]
     outputs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

@@ -58,7 +58,7 @@ class NiftiWindows:
 
 
 def nifti_windows(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
-                  max_windows: int | None = None, confounds=None) -> NiftiWindows:
+                  max_windows: int | None = None, confounds=None, mask=None) -> NiftiWindows:
     """Consecutive non-overlapping windows of a 4D NIfTI run, preprocessed as `tfbrain prepare`
     would with `preprocessing` (default: its defaults), with their source frames.
 
@@ -66,6 +66,8 @@ def nifti_windows(path, window_shape: tuple[int, ...], preprocessing: dict | Non
         confounds: the run's fMRIPrep `*_desc-confounds_timeseries.tsv[.gz]`; required when
             `preprocessing` regresses confounds or scrubs (`confounds` / `fd_threshold`), refused
             otherwise (it would be silently unused).
+        mask: the run's brain mask (fMRIPrep's `*_desc-brain_mask.nii.gz`), when the training
+            runs had one; else the mask is derived by the recorded `mask_method`.
     """
     from tfrecords_tools.confounds import contiguous_segments
     from tfrecords_tools.errors import BadInputError
@@ -89,7 +91,8 @@ def nifti_windows(path, window_shape: tuple[int, ...], preprocessing: dict | Non
         raise BadInputError(str(confounds), "a confounds table was given, but the preprocessing regresses no "
                                             "confounds and scrubs nothing (pass the training dataset's "
                                             "dataset.json as the preprocessing, or drop the table)")
-    metadata, frame_iter = prepare_run(str(path), config, confounds_path=str(confounds) if confounds else None)
+    metadata, frame_iter = prepare_run(str(path), config, mask_path=str(mask) if mask else None,
+                                       confounds_path=str(confounds) if confounds else None)
     volume = np.stack(list(frame_iter), axis=-1).astype(np.float32)  # (D, H, W, K) kept frames
     kept = np.asarray((metadata.get("confounds") or {}).get("frames_kept", range(volume.shape[-1])))
     segments = contiguous_segments(kept)  # the kept frames are whole segments, in order
@@ -111,11 +114,11 @@ def nifti_windows(path, window_shape: tuple[int, ...], preprocessing: dict | Non
 
 
 def windows_from_nifti(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
-                       max_windows: int | None = None, confounds=None) -> np.ndarray:
+                       max_windows: int | None = None, confounds=None, mask=None) -> np.ndarray:
     """Consecutive non-overlapping windows (N, D, H, W, T, 1) of a 4D NIfTI run, preprocessed
-    as `tfbrain prepare` would with `preprocessing` (default: its defaults); `confounds` as in
-    `nifti_windows`."""
-    return nifti_windows(path, window_shape, preprocessing, max_windows, confounds).windows
+    as `tfbrain prepare` would with `preprocessing` (default: its defaults); `confounds` and
+    `mask` as in `nifti_windows`."""
+    return nifti_windows(path, window_shape, preprocessing, max_windows, confounds, mask).windows
 
 
 def windows_from_volume(volume: np.ndarray, frames: int, max_windows: int | None = None) -> np.ndarray:
@@ -148,23 +151,24 @@ def windows_from_dataset(dataset_dir, window_shape: tuple[int, ...], split: str 
 
 def load_windows(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
                  max_windows: int | None = None, split: str | None = None, confounds=None,
-                 return_frames: bool = False):
+                 return_frames: bool = False, mask=None):
     """Windows from a converted dataset folder, a .nii/.nii.gz run, a .npy array or a .npz
     (key "fmri" or its only array). `split` selects a dataset split; `preprocessing`
-    (dataset.json's settings) and `confounds` (the run's fMRIPrep table) apply to NIfTI.
+    (dataset.json's settings), `confounds` (the run's fMRIPrep table) and `mask` (its brain
+    mask) apply to NIfTI.
 
     With `return_frames`, returns (windows, provenance): a NIfTI's `NiftiWindows` (its
     `windows` field cut to `max_windows`), else None."""
     path = pathlib.Path(path)
     name = path.name.lower()
     provenance = None
-    if confounds and not name.endswith((".nii", ".nii.gz")):
-        raise ValueError(f"{path}: a confounds table applies to a .nii/.nii.gz run only (a converted "
-                         "dataset has it applied already)")
+    if (confounds or mask) and not name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: a confounds table or a mask applies to a .nii/.nii.gz run only (a "
+                         "converted dataset has them applied already)")
     if path.is_dir():
         windows = windows_from_dataset(path, window_shape, split, max_windows)
     elif name.endswith((".nii", ".nii.gz")):
-        provenance = nifti_windows(path, window_shape, preprocessing, max_windows, confounds)
+        provenance = nifti_windows(path, window_shape, preprocessing, max_windows, confounds, mask)
         windows = provenance.windows
     elif name.endswith(".npy"):
         windows = np.load(path)

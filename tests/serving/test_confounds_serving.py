@@ -1,5 +1,5 @@
 """Serving a model trained on confound-regressed, scrubbed data: a raw NIfTI plus its fMRIPrep
-confounds table gives the windows (and so the predictions) of the prepared TFRecords, cut per
+confounds table (and brain mask) gives the windows (and so the predictions) of the prepared TFRecords, cut per
 kept segment, with the source frames of each window; mismatched tables are one-line errors."""
 
 import contextlib
@@ -37,12 +37,16 @@ class ConfoundsServingTest(TestCase):
         nib.save(nib.Nifti1Image(data, affine), cls.bold)
         cls.table = str(cls.base / "sub-01_task-rest_desc-confounds_timeseries.tsv.gz")
         write_tsv(cls.table, confounds_rows(NUM_FRAMES, seed=3, high_motion=HIGH_MOTION))
+        # fMRIPrep's brain mask, a little smaller than the derived one, so that using it shows
+        cls.mask = str(cls.base / "sub-01_task-rest_desc-brain_mask.nii.gz")
+        mean = data.mean(axis=3)
+        nib.save(nib.Nifti1Image((mean > 0.4 * np.percentile(mean, 98)).astype(np.uint8), affine), cls.mask)
         cls.dataset = str(cls.base / "dataset")
         config = tfrecords_tools.PreprocessConfig(target_shape=VOLUME[:3], mask_method="mean",
                                                   confounds="motion24+wm_csf+cosine", fd_threshold=0.5,
                                                   min_frames=8)
         tfrecords_tools.convert([tfrecords_tools.Run(path=cls.bold, subject="sub-01", key="sub-01_task-rest",
-                                                     confounds_path=cls.table)],
+                                                     mask_path=cls.mask, confounds_path=cls.table)],
                                 cls.dataset, config=config, workers=0, progress=False)
         cls.preprocessing = preprocessing_from_file(os.path.join(cls.dataset, "dataset.json"))
 
@@ -64,7 +68,7 @@ class ConfoundsServingTest(TestCase):
         return np.stack(windows)
 
     def test_nifti_and_confounds_give_the_prepared_windows(self):
-        served = nifti_windows(self.bold, VOLUME, self.preprocessing, confounds=self.table)
+        served = nifti_windows(self.bold, VOLUME, self.preprocessing, confounds=self.table, mask=self.mask)
         prepared = self.prepared_windows()
         self.assertEqual(served.windows.shape, prepared.shape)  # 4 + 4 + 3 windows of 3 frames
         np.testing.assert_array_equal(served.windows, prepared)
@@ -72,6 +76,8 @@ class ConfoundsServingTest(TestCase):
         expected = [(a + k, a + k + 3) for a, b in KEPT_SEGMENTS for k in range(0, (b - a) // 3 * 3, 3)]
         self.assertEqual([tuple(f) for f in served.frames.tolist()], expected)
         self.assertEqual(served.segment.tolist(), [1] * 4 + [2] * 4 + [3] * 3)
+        derived = nifti_windows(self.bold, VOLUME, self.preprocessing, confounds=self.table)
+        self.assertFalse(np.array_equal(derived.windows, prepared))  # the mask file matters
 
     def test_bad_tables_are_one_line_errors(self):
         other = str(self.base / "other_desc-confounds_timeseries.tsv")
@@ -82,7 +88,7 @@ class ConfoundsServingTest(TestCase):
                  (no_csf, r"nocsf_desc-confounds_timeseries\.tsv: no column 'csf'")]
         for table, message in cases:
             with self.subTest(table=table), self.assertRaisesRegex(ValueError, message):
-                nifti_windows(self.bold, VOLUME, self.preprocessing, confounds=table)
+                nifti_windows(self.bold, VOLUME, self.preprocessing, confounds=table, mask=self.mask)
         with self.assertRaisesRegex(ValueError, "regresses no confounds and scrubs nothing"):
             nifti_windows(self.bold, VOLUME, {"mask_method": "mean"}, confounds=self.table)
 
@@ -97,7 +103,8 @@ class ConfoundsServingTest(TestCase):
             stdout = io.StringIO()
             with contextlib.redirect_stdout(stdout):
                 code = cli.main(["predict", self.bold, "--target", server.target, *common,
-                                 "--confounds", self.table, "--batch-size", "4", "--output", str(out)])
+                                 "--confounds", self.table, "--mask", self.mask, "--batch-size", "4",
+                                 "--output", str(out)])
             self.assertEqual(code, 0)
             self.assertIn("window 4 (frames 13-15, segment 2/3): ", stdout.getvalue())
             # the dataset used confounds and none is given: one line, exit 2
