@@ -58,7 +58,8 @@ class NiftiWindows:
 
 
 def nifti_windows(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
-                  max_windows: int | None = None, confounds=None, mask=None) -> NiftiWindows:
+                  max_windows: int | None = None, confounds: str | pathlib.Path | None = None,
+                  mask: str | pathlib.Path | None = None) -> NiftiWindows:
     """Consecutive non-overlapping windows of a 4D NIfTI run, preprocessed as `tfbrain prepare`
     would with `preprocessing` (default: its defaults), with their source frames.
 
@@ -114,7 +115,8 @@ def nifti_windows(path, window_shape: tuple[int, ...], preprocessing: dict | Non
 
 
 def windows_from_nifti(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
-                       max_windows: int | None = None, confounds=None, mask=None) -> np.ndarray:
+                       max_windows: int | None = None, confounds: str | pathlib.Path | None = None,
+                       mask: str | pathlib.Path | None = None) -> np.ndarray:
     """Consecutive non-overlapping windows (N, D, H, W, T, 1) of a 4D NIfTI run, preprocessed
     as `tfbrain prepare` would with `preprocessing` (default: its defaults); `confounds` and
     `mask` as in `nifti_windows`."""
@@ -150,8 +152,9 @@ def windows_from_dataset(dataset_dir, window_shape: tuple[int, ...], split: str 
 
 
 def load_windows(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
-                 max_windows: int | None = None, split: str | None = None, confounds=None,
-                 return_frames: bool = False, mask=None):
+                 max_windows: int | None = None, split: str | None = None,
+                 confounds: str | pathlib.Path | None = None,
+                 return_frames: bool = False, mask: str | pathlib.Path | None = None):
     """Windows from a converted dataset folder, a .nii/.nii.gz run, a .npy array or a .npz
     (key "fmri" or its only array). `split` selects a dataset split; `preprocessing`
     (dataset.json's settings), `confounds` (the run's fMRIPrep table) and `mask` (its brain
