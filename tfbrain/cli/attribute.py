@@ -15,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset folder (default: the one it was trained on)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--subject", action="append",
-                       help="run key, or a subject with one run; repeat it for a group map")
+                       help="run key, or a subject with one run (a run scrubbed into "
+                            "<key>_seg-<i> segments by its <key> or subject: one map over all its "
+                            "segments); repeat it for a group map")
     which.add_argument("--split",
                        help="a group map of every run of this split (e.g. test) of the dataset")
     parser.add_argument("--out", required=True, help="output NIfTI (.nii.gz), original space")
@@ -49,9 +51,14 @@ def _runs_of_split(dataset_dir: str, split: str, window: int, stride: int, split
     if split not in tfrecords_tools.split_names(dataset_dir, splits_file or None):
         raise ValueError(f"--split {split!r} is not a split of {dataset_dir}; splits: "
                          f"{sorted(tfrecords_tools.split_names(dataset_dir, splits_file or None))}")
+    from tfrecords_tools.reader import original_run_key
+
     index = tfrecords_tools.window_index(dataset_dir, split, window=window, stride=stride,
                                          splits_file=splits_file or None)
-    return list(dict.fromkeys(w["run"] for w in index))  # run order, once each
+    # a scrubbed run's segments are one run (attributed over all its segments)
+    original = {r["key"]: original_run_key(r)
+                for r in tfrecords_tools.load_dataset_info(dataset_dir)["runs"]}
+    return list(dict.fromkeys(original[w["run"]] for w in index))  # run order, once each
 
 
 def run(args: argparse.Namespace) -> int:

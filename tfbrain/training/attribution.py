@@ -15,7 +15,10 @@ Right by construction:
 The map of one window is summed over its frames; a run's map is the mean over its windows,
 `(D, H, W)` on the stored grid, by default pooled to the backbone's input patches (the
 finest resolution the model tells apart, `pool_to_patches`), then placed into the run's
-original grid with the offsets and affine recorded at conversion.
+original grid with the offsets and affine recorded at conversion. A run that scrubbing split
+into segments is one run here (by its original key or its subject): the mean is over the
+windows of all its segments, which share one grid, and `window_frames` gives each window's
+source frames on the run's timeline.
 
 Group maps (`write_group_attribution`) average runs voxel by voxel in their common original
 grid, or contrast one class against the others; `group_attribution` checks the grid and
@@ -135,14 +138,24 @@ def run_attribution(model, dataset_dir: str, run: str, window: int, stride: int 
                          "Gradients need a model that scores a class or a value")
     if resolution not in ("patch", "voxel"):
         raise ValueError(f"`resolution` must be 'patch' or 'voxel'. Received: {resolution!r}")
+    from tfrecords_tools.preprocess import written_frames
+
     info = tfrecords_tools.run_info(dataset_dir, run)
     background = float(info.get("background", 0.0))
     targets = resolve_targets(model, target, class_names)
     output_key = model.output_key
     patch = attribution_patch(model) if resolution == "patch" else None
-    dataset = tfrecords_tools.windows(dataset_dir, None, window=window, stride=stride or window,
-                                      shuffle=False, seed=0, subjects=[info["key"]])
-    volumes = [v.numpy() for v, _, _ in dataset]
+    stride = stride or window
+    # a scrubbed run's segments are read one by one, so each window keeps its source frames on
+    # the run's own timeline; the map is then the mean over the windows of all segments
+    volumes, window_frames = [], []
+    for segment in tfrecords_tools.run_segments(dataset_dir, run):
+        frames = written_frames(segment)
+        dataset = tfrecords_tools.windows(dataset_dir, None, window=window, stride=stride,
+                                          shuffle=False, seed=0, subjects=[segment["key"]])
+        for index, (volume, _, _) in enumerate(dataset):
+            volumes.append(volume.numpy())
+            window_frames.append([frames[index * stride], frames[index * stride + window - 1] + 1])
     if not volumes:
         raise ValueError(f"{dataset_dir}: run {run!r} has no window of {window} frames")
     # stored brain mask: voxels that leave the recorded background in some frame
@@ -169,7 +182,8 @@ def run_attribution(model, dataset_dir: str, run: str, window: int, stride: int 
     if patch is not None:  # pooling is linear: pooling the mean is the mean of pooled maps
         means = {name: pool_to_patches(m, mask, patch) for name, m in means.items()}
     mean_epi = np.mean([v[..., 0].mean(axis=-1) for v in volumes], axis=0)  # (D, H, W)
-    return means, {"run": info["key"], "num_windows": len(volumes), "outputs": outputs,
+    return means, {"run": info["key"], "segments": info.get("segments", [info["key"]]),
+                   "window_frames": window_frames, "num_windows": len(volumes), "outputs": outputs,
                    "steps": steps, "baseline": background, "mask_voxels": int(mask.sum()),
                    "targets": [name for name, _ in targets], "mask": mask, "mean": mean_epi,
                    "resolution": ("patch " + "x".join(map(str, patch))) if patch else "voxel"}

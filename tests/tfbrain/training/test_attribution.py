@@ -13,7 +13,8 @@ import pytest
 from tests.tfbrain.training.cohort import convert_cohort, planted_cohort, planted_region
 from tfbrain.models.loading import load_preset
 from tfbrain.training.attribution import (attribution_patch, pool_to_patches,
-                                           resolve_targets, write_group_attribution)
+                                           resolve_targets, write_attribution,
+                                           write_group_attribution)
 from tfbrain.training.config import TrainConfig
 from tfbrain.training.trainer import train
 
@@ -140,3 +141,42 @@ def test_group_figure_is_written(tmp_path):
                                     title="patients - controls")
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_a_scrubbed_run_is_attributed_over_its_segments(tmp_path):
+    """By subject, a run stored as `_seg-<i>` segments gives one map: the mean over the windows
+    of all segments (= the window-weighted mean of the per-segment maps), written back on the
+    run's grid, with each window's source frames on the run's timeline."""
+    import keras
+
+    import tfrecords_tools
+    from tests.tfrecords_tools.helpers import confounds_rows, synthetic_run, write_tsv
+    from tfbrain.training.attribution import run_attribution
+
+    bold, table = str(tmp_path / "sub-00_bold.nii.gz"), str(tmp_path / "sub-00_desc-confounds_timeseries.tsv")
+    synthetic_run(bold, num_frames=24)
+    write_tsv(table, confounds_rows(24, high_motion=(11,)))  # segments [0, 11) and [12, 24)
+    dataset = str(tmp_path / "dataset")
+    config = tfrecords_tools.PreprocessConfig(target_shape=(8, 8, 6), confounds="wm_csf", fd_threshold=0.5,
+                                              min_frames=4)
+    tfrecords_tools.convert([tfrecords_tools.Run(path=bold, subject="sub-00", key="sub-00_rest",
+                                                 confounds_path=table)], dataset, config=config, workers=0,
+                            progress=False)
+    keras.utils.set_random_seed(0)
+    fmri = keras.Input((8, 8, 6, 4, 1), name="fmri")  # (B, D, H, W, T, C)
+    hidden = keras.layers.Dense(4, activation="tanh")(fmri)  # (B, D, H, W, T, 4)
+    pooled = keras.layers.GlobalAveragePooling3D()(keras.layers.Reshape((8, 8, 24, 4))(hidden))  # (B, 4)
+    model = keras.Model(fmri, {"logits": keras.layers.Dense(1)(pooled)})
+    model.attributable, model.output_key = True, "logits"
+    model.default_attribution_unit = lambda output: 0
+
+    details = write_attribution(model, dataset, "sub-00", str(tmp_path / "map.nii.gz"), window=4, steps=4)
+    assert details["run"] == "sub-00_rest"
+    assert details["segments"] == ["sub-00_rest_seg-1", "sub-00_rest_seg-2"]
+    assert details["window_frames"] == [[0, 4], [4, 8], [12, 16], [16, 20], [20, 24]]
+    assert nib.load(details["nifti"]).shape == (10, 12, 8)  # the NIfTI's own grid
+    per_segment = [run_attribution(model, dataset, key, window=4, steps=4)[0]["default"]
+                   for key in details["segments"]]
+    np.testing.assert_allclose(np.load(details["grid"]), (2 * per_segment[0] + 3 * per_segment[1]) / 5,
+                               rtol=1e-5, atol=1e-7)
+    assert np.abs(per_segment[0] - per_segment[1]).max() > 1e-4  # the weighting is tested, not a constant
