@@ -85,7 +85,7 @@ def display_anatomy(dataset_dir: str, run: str) -> tuple[np.ndarray | None, str]
     settings = tfrecords_tools.load_dataset_info(dataset_dir)
     if settings.get("preprocessing", {}).get("normalization") != "voxelwise":
         return None, ("an input frame, z-scored over the brain (one shift and scale per run), "
-                      "scaled to its 1st-99th percentiles for display")
+                      "scaled to the 1st-99th percentiles of its brain voxels for display")
     info = tfrecords_tools.run_info(dataset_dir, run)
     frame_shape = tuple(settings["frame_shape"])
     source = info.get("source")
@@ -124,8 +124,8 @@ class BrainSlices(keras.callbacks.Callback):
         if self.done:
             return
         writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
-        frame_note = ("frame 0 of an input window as the model sees it, scaled to its 1st-99th "
-                      "percentiles" + (" (voxel-wise z-scored: noise by design)"
+        frame_note = ("frame 0 of an input window as the model sees it, scaled to the 1st-99th "
+                      "percentiles of its brain voxels" + (" (voxel-wise z-scored: noise by design)"
                                        if self.anatomy is not None else ""))
         with writer.as_default(step=0):
             if self.anatomy is None:
