@@ -13,11 +13,14 @@ sequential requests of one window:
     grpc fp32    PredictionClient -> server -> same signature, float32 payload
     grpc fp16    the same with float16 windows to `serving_default_fp16` (the client casts)
     grpc fp16 (fp16 data)   the window is float16 already, as tfrecords_tools stores it
+    rest fp32    RestPredictionClient -> the server's REST API (JSON numbers, columnar format);
+                 only where the JSON body fits the server's REST body limit (not the full config)
 
 Latency is wall time per call (p50, p99 over --repeats after --warmup calls; the paths
 take turns, call by call); throughput is windows per second of that sequential loop. The aim: grpc fp16 p50 <= in-process p50 + 15%.
 On a shared CPU machine the client and server compete for the same cores; numbers are
-noisy (report the machine load with them).
+noisy: the table prints the 1-minute load average (os.getloadavg) measured after each
+config's timed calls.
 """
 
 import argparse
@@ -83,20 +86,23 @@ def start_server(model_dir: pathlib.Path, workdir: pathlib.Path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = open(workdir / "server.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "serving", str(model_dir), "--port", "0",
-                                "--ready-file", str(ready)], cwd=REPO_ROOT, env=env,
+                                "--rest-port", "0", "--ready-file", str(ready)], cwd=REPO_ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
-    while not ready.exists():
+    while not ready.exists() or len(ready.read_text().split()) < 2:
         if process.poll() is not None or time.time() > deadline:
             raise RuntimeError(f"server did not start; see {workdir / 'server.log'}")
         time.sleep(0.2)
-    return process, f"127.0.0.1:{ready.read_text()}"
+    grpc_port, rest_port = ready.read_text().split()
+    return process, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{rest_port}"
 
 
 def run_config(name: str, variant: str | None, preset: str | None, repeats: int, warmup: int) -> dict:
     import tensorflow as tf
 
     from serving.client import PredictionClient
+    from serving.rest import DEFAULT_MAX_BODY_BYTES
+    from serving.rest_client import RestPredictionClient
     from tfbrain import export
 
     model, metadata = build_model(variant, preset)
@@ -112,7 +118,7 @@ def run_config(name: str, variant: str | None, preset: str | None, repeats: int,
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         expected = signature(fmri=tf.constant(window))["logits"].numpy()
         calls = {"in-process": lambda: signature(fmri=tf.constant(window))["logits"].numpy()}
-        process, target = start_server(path.parent, workdir)
+        process, target, rest_target = start_server(path.parent, workdir)
         errors, clients = {}, []
         try:
             # "fp16 data": the window is float16 already (tfrecords_tools stores float16), so
@@ -125,7 +131,12 @@ def run_config(name: str, variant: str | None, preset: str | None, repeats: int,
                 got = client.predict(payload)["logits"]
                 errors[label] = float(np.max(np.abs(got - expected)))
                 calls[label] = (lambda c, x: lambda: c.predict(x))(client, payload)
+            rest = RestPredictionClient(rest_target, "bench", timeout_s=600)
+            if len(json.dumps(rest.build_body(window))) <= DEFAULT_MAX_BODY_BYTES:
+                errors["rest fp32"] = float(np.max(np.abs(rest.predict(window)["logits"] - expected)))
+                calls["rest fp32"] = lambda: rest.predict(window)
             rows = time_interleaved(calls, repeats, warmup)
+            load = os.getloadavg()[0]
         finally:
             for client in clients:
                 client.close()
@@ -140,19 +151,21 @@ def run_config(name: str, variant: str | None, preset: str | None, repeats: int,
         stats[label]["max_abs_error"] = errors[label]
     return {"config": name, "window_shape": list(window_shape),
             "payload_mb_fp32": float(np.prod(window_shape) * 4 / 2**20), "export_s": export_s,
-            "rows": stats}
+            "load_1min": load, "rows": stats}
 
 
 def print_table(results: list[dict]) -> None:
-    print("| config | window | payload fp32 | path | p50 ms | p99 ms | windows/s | vs in-process | max abs err |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| config | window | payload fp32 | path | p50 ms | p99 ms | windows/s | vs in-process | max abs err "
+          "| load (1 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
         for label, row in result["rows"].items():
             overhead = f"{row['overhead_vs_in_process']:+.1%}" if "overhead_vs_in_process" in row else "-"
             error = f"{row['max_abs_error']:.1e}" if "max_abs_error" in row else "-"
             print(f"| {result['config']} | {'x'.join(map(str, result['window_shape']))} | "
                   f"{result['payload_mb_fp32']:.1f} MB | {label} | {row['p50_ms']:.1f} | "
-                  f"{row['p99_ms']:.1f} | {row['throughput_per_s']:.2f} | {overhead} | {error} |")
+                  f"{row['p99_ms']:.1f} | {row['throughput_per_s']:.2f} | {overhead} | {error} | "
+                  f"{result['load_1min']:.1f} |")
 
 
 def main(argv=None) -> int:
