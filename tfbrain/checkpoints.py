@@ -1,19 +1,22 @@
 """Reading upstream PyTorch weights without (or, for .ckpt, with) torch.
 
-Formats: `.npz` of torch-named arrays, `.safetensors` (parsed here: an 8-byte
-little-endian header length, a JSON header, then raw little-endian buffers), and
-PyTorch / Lightning `.ckpt`/`.pt`/`.pth` files (needs the `torch` extra; loaded with
-`weights_only=True`, so no pickled code runs).
+Formats: `.npz` of torch-named arrays, `.safetensors` (read with the `safetensors`
+package's numpy API, no torch needed), and PyTorch / Lightning `.ckpt`/`.pt`/`.pth`
+files (needs the `torch` extra; loaded with `weights_only=True`, so no pickled code runs).
+
+Every floating-point tensor comes back as a numpy float array; bfloat16 (and the float8
+kinds) become float32, as `torch.Tensor.float()` does on the .ckpt path, because numpy
+has no arithmetic of its own for them and the porter compares and transposes arrays.
 """
 
-import json
 import pathlib
-import struct
 
+import ml_dtypes  # registers bfloat16/float8 with numpy: safetensors' "np" reader needs it for BF16
 import numpy as np
 
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
-                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+# numpy dtypes that exist only through ml_dtypes; widened to float32 on reading
+_ML_DTYPES_FLOATS = {np.dtype(getattr(ml_dtypes, name)) for name in
+                     ("bfloat16", "float8_e4m3fn", "float8_e5m2") if hasattr(ml_dtypes, name)}
 
 
 def read_state_dict(path) -> tuple[dict, dict]:
@@ -37,30 +40,25 @@ def read_state_dict(path) -> tuple[dict, dict]:
 
 
 def read_safetensors(path) -> dict:
+    """Return {name: numpy array} from a .safetensors file; a bad file raises ValueError naming it."""
+    from safetensors import SafetensorError, safe_open
+
     path = pathlib.Path(path)
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise ValueError(f"{path}: truncated safetensors file ({len(raw)} bytes)")
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    if 8 + header_len > len(raw):
-        raise ValueError(f"{path}: safetensors header length {header_len} exceeds the file size")
-    try:
-        header = json.loads(raw[8:8 + header_len])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: corrupt safetensors header ({err})") from err
-    body = memoryview(raw)[8 + header_len:]
     tensors = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        if end > len(body):
-            raise ValueError(f"{path}: tensor {key!r} runs past the end of the file (truncated?)")
-        array = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-        tensors[key] = array.reshape(info["shape"]).copy()
+    try:
+        with safe_open(str(path), framework="np") as f:
+            for key in f.keys():
+                # copy: the arrays would otherwise view a memory map closed with the file
+                tensors[key] = _widen(np.array(f.get_tensor(key)))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    except TypeError as err:  # numpy cannot build the dtype (a kind ml_dtypes does not know)
+        raise ValueError(f"{path}: a tensor has a dtype numpy cannot hold ({err})") from err
     return tensors
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32) if array.dtype in _ML_DTYPES_FLOATS else array
 
 
 def _read_torch(path: pathlib.Path) -> tuple[dict, dict]:

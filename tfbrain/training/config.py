@@ -8,10 +8,15 @@ thing). `docs/training.md` lists every field; `TrainConfig.from_toml(path)` read
 import dataclasses
 import math
 import pathlib
-import tomllib
+import sys
 import types
 import typing
 from typing import Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, released as `tomli` (declared for 3.10 in setup.cfg)
+    import tomli as tomllib
 
 from tfbrain.models.registry import DEFAULT_TASK_TYPE  # imports no TensorFlow
 

@@ -3,26 +3,13 @@ import struct
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from tests.test_case import TestCase, fixture_path, load_fixture_npz
 from tfbrain import load_preset
 from tfbrain.checkpoints import read_safetensors, read_state_dict
 from tfbrain.cli import main as cli_main
 from tfbrain.models.swift.swift_conversion import convert_swift
-
-
-def write_safetensors(path, tensors):
-    """Minimal safetensors writer (format: u64 header length, JSON header, raw data)."""
-    header, blobs, offset = {}, [], 0
-    for key, value in tensors.items():
-        value = np.ascontiguousarray(value, dtype="<f4")
-        header[key] = {"dtype": "F32", "shape": list(value.shape),
-                       "data_offsets": [offset, offset + value.nbytes]}
-        blobs.append(value.tobytes())
-        offset += value.nbytes
-    encoded = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
 
 
 class SwiFTConversionTest(TestCase):
@@ -55,7 +42,7 @@ class SwiFTConversionTest(TestCase):
         lightning["output_head.head.weight"] = np.random.rand(1, width).astype("float32")
         lightning["output_head.head.bias"] = heads["clf_v1.head.bias"]
         path = self.get_temp_dir() + "/edge.safetensors"
-        write_safetensors(path, lightning)
+        save_file({k: np.ascontiguousarray(v, dtype="<f4") for k, v in lightning.items()}, path)
         state_dict, _ = read_state_dict(path)
         model = convert_swift(state_dict, self.config["constructor_kwargs"])
         self.assertEqual(model.task_type, "classification")
