@@ -292,8 +292,12 @@ def _outside_is_background(frame: np.ndarray, brain_mask: np.ndarray, background
     return bool(np.all(frame[~brain_mask].view(bits) == background.reshape(1).view(bits)[0]))
 
 
-def _convert_one(run: Run, output_dir: str, settings: dict) -> dict:
-    """Convert one run; returns its manifest (also written to runs/<key>.json)."""
+def convert_run(run: Run, output_dir: str, settings: dict) -> dict:
+    """Convert one run into its shards; returns its manifest (also written to runs/<key>.json).
+
+    Deterministic and idempotent: it first removes what an earlier try left, so a retry (a
+    killed worker, a Beam bundle run again) writes the same bytes.
+    """
     config = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v
                                  for k, v in settings["preprocessing"].items()})
     labels = settings["labels"]
@@ -366,7 +370,7 @@ def _job(run: Run, output_dir: str, settings: dict):
     """Process-pool entry point: errors come back as values (BadInputError does not pickle)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        return "ok", _convert_one(run, output_dir, settings)
+        return "ok", convert_run(run, output_dir, settings)
     except BadInputError as error:
         return "bad", (error.source, error.problem)
 
@@ -393,6 +397,24 @@ def _label_settings(runs: Sequence[Run], label_type: str, use_events: bool, hrf_
     if label_type == "categorical":
         return {"kind": "categorical", "vocabulary": events_lib.categorical_vocabulary(values)}
     return {"kind": "numeric", "vocabulary": None}
+
+
+def check_arguments(*, compression: str, storage: str, label_type: str, min_coverage: float,
+                    hrf_delay: float, shard_size_mb: float, split_fractions: Sequence[float]) -> None:
+    """Every conversion argument checked before any work (the local and the Beam converter)."""
+    if compression not in schema.SHARD_SUFFIX:
+        raise ValueError(f"`compression` must be 'GZIP' or ''. Received: {compression!r}")
+    if storage not in schema.STORAGES:
+        raise ValueError(f"`storage` must be one of {schema.STORAGES}. Received: {storage!r}")
+    if label_type not in LABEL_TYPES:
+        raise ValueError(f"`label_type` must be one of {LABEL_TYPES}. Received: {label_type!r}")
+    if not 0.0 <= min_coverage <= 1.0 or min_coverage != min_coverage:
+        raise ValueError(f"`min_coverage` must be a fraction of a frame in [0, 1]. Received: {min_coverage}")
+    if not np.isfinite(hrf_delay) or hrf_delay < 0:
+        raise ValueError(f"`hrf_delay` must be finite seconds >= 0. Received: {hrf_delay}")
+    if not shard_size_mb > 0:
+        raise ValueError(f"`shard_size_mb` must be > 0. Received: {shard_size_mb}")
+    splits_lib.check_fractions(split_fractions)
 
 
 def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[PreprocessConfig] = None,
@@ -422,22 +444,11 @@ def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[Preprocess
     """
     start = time.time()
     config = config or PreprocessConfig()
-    # every argument is checked before any work
-    if compression not in schema.SHARD_SUFFIX:
-        raise ValueError(f"`compression` must be 'GZIP' or ''. Received: {compression!r}")
-    if storage not in schema.STORAGES:
-        raise ValueError(f"`storage` must be one of {schema.STORAGES}. Received: {storage!r}")
-    if label_type not in LABEL_TYPES:
-        raise ValueError(f"`label_type` must be one of {LABEL_TYPES}. Received: {label_type!r}")
-    if not 0.0 <= min_coverage <= 1.0 or min_coverage != min_coverage:
-        raise ValueError(f"`min_coverage` must be a fraction of a frame in [0, 1]. Received: {min_coverage}")
-    if not np.isfinite(hrf_delay) or hrf_delay < 0:
-        raise ValueError(f"`hrf_delay` must be finite seconds >= 0. Received: {hrf_delay}")
-    if not shard_size_mb > 0:
-        raise ValueError(f"`shard_size_mb` must be > 0. Received: {shard_size_mb}")
+    check_arguments(compression=compression, storage=storage, label_type=label_type,
+                    min_coverage=min_coverage, hrf_delay=hrf_delay, shard_size_mb=shard_size_mb,
+                    split_fractions=split_fractions)
     if workers < 0:
         raise ValueError(f"`workers` must be >= 0. Received: {workers}")
-    splits_lib.check_fractions(split_fractions)
     with output_lock(str(output_dir)):
         return _convert_locked(runs, str(output_dir), config, compression, storage, shard_size_mb, workers,
                                skip_bad, label_type, use_events, hrf_delay, min_coverage,
@@ -446,8 +457,6 @@ def convert(runs: Sequence[Run], output_dir: str, *, config: Optional[Preprocess
 
 def _convert_locked(runs, output_dir, config, compression, storage, shard_size_mb, workers, skip_bad, label_type,
                     use_events, hrf_delay, min_coverage, split_fractions, split_seed, progress, start):
-    import tensorflow as tf
-
     summary = ConversionSummary(output_dir=str(output_dir))
 
     def bad(error: BadInputError):
@@ -456,48 +465,18 @@ def _convert_locked(runs, output_dir, config, compression, storage, shard_size_m
         logger.warning("skipping %s", error)
         summary.skipped.append((error.source, error.problem))
 
-    require_labels = label_type != "none" and not use_events and any(r.label is not None for r in runs)
-    runs, problems = check_runs(runs, require_labels=require_labels)
-    for problem in problems:
-        bad(problem)
-    if not config.uses_confounds_file:  # an unused confounds table is no input: its edits redo nothing
-        runs = [dataclasses.replace(r, confounds_path=None) if r.confounds_path else r for r in runs]
-    elif config.fd_threshold is not None:
-        runs = _scrubbed_segments(runs, config, bad)
-    if use_events:
-        for run in [r for r in runs if not r.events_path]:
-            bad(BadInputError(run.path, "missing events.tsv (labels come from events)"))
-        runs = [r for r in runs if r.events_path]
-    settings = {"schema_version": schema.schema_version(storage), "storage": storage,
-                "preprocessing": config.to_dict(), "compression": compression, "shard_size_mb": shard_size_mb,
-                "labels": _label_settings(runs, label_type, use_events, hrf_delay, min_coverage)}
-
-    for sub in (schema.SHARD_DIR, schema.RUN_DIR) + ((schema.MASK_DIR,) if storage == "brain_only" else ()):
-        tf.io.gfile.makedirs(schema.join(output_dir, sub))
-    settings_path = schema.join(output_dir, schema.CONVERSION_JSON)
-    done_markers = tf.io.gfile.glob(schema.join(output_dir, schema.RUN_DIR, "*.json"))
-    if tf.io.gfile.exists(settings_path) and done_markers:
-        previous = schema.read_json(settings_path)
-        previous.setdefault("storage", "dense")  # a folder converted before brain_only storage existed
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise ValueError(f"{output_dir} was converted with other settings ({', '.join(changed)} differ); "
-                             "use a new output folder to change them, or the same settings to resume")
-    else:  # nothing finished yet (e.g. a failed first try): the settings of this call hold
-        schema.write_json_atomic(settings_path, settings)
-
+    runs, settings = plan_conversion(runs, output_dir, config=config, compression=compression,
+                                     storage=storage, shard_size_mb=shard_size_mb, label_type=label_type,
+                                     use_events=use_events, hrf_delay=hrf_delay,
+                                     min_coverage=min_coverage, on_bad=bad)
     manifests, todo = {}, []
     for run in runs:
-        path = schema.join(output_dir, schema.RUN_DIR, run.key + ".json")
-        if tf.io.gfile.exists(path):
-            manifest = _read_marker(path)
-            reason = _stale_reason(run, manifest, output_dir)
-            if reason is None:
-                manifests[run.key] = manifest
-                summary.runs_already_done += 1
-                continue
-            logger.warning("converting %s again: %s", run.key, reason)
-        todo.append(run)
+        manifest = reusable_manifest(run, output_dir)
+        if manifest is not None:
+            manifests[run.key] = manifest
+            summary.runs_already_done += 1
+        else:
+            todo.append(run)
 
     bar = _progress_bar(len(todo), progress)
     if workers and len(todo) > 1:
@@ -517,14 +496,89 @@ def _convert_locked(runs, output_dir, config, compression, storage, shard_size_m
     else:
         for run in todo:
             try:
-                manifests[run.key] = _convert_one(run, output_dir, settings)
+                manifests[run.key] = convert_run(run, output_dir, settings)
                 summary.runs_converted += 1
             except BadInputError as error:
                 bad(error)
             bar.update(1)
     bar.close()
 
-    info = _dataset_info(output_dir, settings, [manifests[k] for k in sorted(manifests)], summary.skipped)
+    info = finish_dataset(output_dir, settings, list(manifests.values()), summary.skipped,
+                          split_fractions=split_fractions, split_seed=split_seed)
+    summary.subjects = len(info["subjects"])
+    summary.frames = info["num_frames"]
+    summary.bytes = sum(s["bytes"] for s in info["shards"])
+    summary.seconds = time.time() - start
+    return summary
+
+
+def plan_conversion(runs: Sequence[Run], output_dir: str, *, config: PreprocessConfig, compression: str,
+                    storage: str, shard_size_mb: float, label_type: str, use_events: bool,
+                    hrf_delay: float, min_coverage: float, on_bad) -> tuple[list[Run], dict]:
+    """Check the runs, fix the settings and record them in conversion.json.
+
+    Bad runs go to `on_bad(BadInputError)` (which raises, or records and returns). Returns the
+    runs to convert and the settings every `convert_run` call takes. A folder that already holds
+    finished runs converted with other settings is refused.
+    """
+    import tensorflow as tf
+
+    require_labels = label_type != "none" and not use_events and any(r.label is not None for r in runs)
+    runs, problems = check_runs(runs, require_labels=require_labels)
+    for problem in problems:
+        on_bad(problem)
+    if not config.uses_confounds_file:  # an unused confounds table is no input: its edits redo nothing
+        runs = [dataclasses.replace(r, confounds_path=None) if r.confounds_path else r for r in runs]
+    elif config.fd_threshold is not None:
+        runs = _scrubbed_segments(runs, config, on_bad)
+    if use_events:
+        for run in [r for r in runs if not r.events_path]:
+            on_bad(BadInputError(run.path, "missing events.tsv (labels come from events)"))
+        runs = [r for r in runs if r.events_path]
+    settings = {"schema_version": schema.schema_version(storage), "storage": storage,
+                "preprocessing": config.to_dict(), "compression": compression, "shard_size_mb": shard_size_mb,
+                "labels": _label_settings(runs, label_type, use_events, hrf_delay, min_coverage)}
+
+    for sub in (schema.SHARD_DIR, schema.RUN_DIR) + ((schema.MASK_DIR,) if storage == "brain_only" else ()):
+        tf.io.gfile.makedirs(schema.join(output_dir, sub))
+    settings_path = schema.join(output_dir, schema.CONVERSION_JSON)
+    done_markers = tf.io.gfile.glob(schema.join(output_dir, schema.RUN_DIR, "*.json"))
+    if tf.io.gfile.exists(settings_path) and done_markers:
+        previous = schema.read_json(settings_path)
+        previous.setdefault("storage", "dense")  # a folder converted before brain_only storage existed
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise ValueError(f"{output_dir} was converted with other settings ({', '.join(changed)} differ); "
+                             "use a new output folder to change them, or the same settings to resume")
+    else:  # nothing finished yet (e.g. a failed first try): the settings of this call hold
+        schema.write_json_atomic(settings_path, settings)
+    return list(runs), settings
+
+
+def reusable_manifest(run: Run, output_dir: str) -> Optional[dict]:
+    """`run`'s manifest from an earlier conversion if it still holds (same inputs, every shard
+    intact), else None: the run must be converted (again)."""
+    import tensorflow as tf
+
+    path = schema.join(output_dir, schema.RUN_DIR, run.key + ".json")
+    if not tf.io.gfile.exists(path):
+        return None
+    manifest = _read_marker(path)
+    reason = _stale_reason(run, manifest, output_dir)
+    if reason is None:
+        return manifest
+    logger.warning("converting %s again: %s", run.key, reason)
+    return None
+
+
+def finish_dataset(output_dir: str, settings: dict, manifests: Sequence[dict], skipped: Sequence,
+                   *, split_fractions: Sequence[float], split_seed: int) -> dict:
+    """Write dataset.json (runs in key order, whatever order they finished in) and, if absent,
+    splits.json; returns the dataset info."""
+    import tensorflow as tf
+
+    manifests = sorted(manifests, key=lambda m: m["key"])
+    info = _dataset_info(output_dir, settings, manifests, list(skipped))
     schema.write_json_atomic(schema.join(output_dir, schema.DATASET_JSON), info)
     splits_path = schema.join(output_dir, schema.SPLITS_JSON)
     if not tf.io.gfile.exists(splits_path):
@@ -536,11 +590,7 @@ def _convert_locked(runs, output_dir, config, compression, storage, shard_size_m
         if missing:
             logger.warning("%s keeps its subjects; %d new subjects are in no split: %s",
                            splits_path, len(missing), missing[:10])
-    summary.subjects = len(info["subjects"])
-    summary.frames = info["num_frames"]
-    summary.bytes = sum(s["bytes"] for s in info["shards"])
-    summary.seconds = time.time() - start
-    return summary
+    return info
 
 
 def _scrubbed_segments(runs: Sequence[Run], config: PreprocessConfig, bad) -> list[Run]:
