@@ -1,7 +1,9 @@
 """One-call test helpers shared by the whole suite (keras-hub style).
 
 `fixture_path("swift", "small_io.npz")` returns the path to a parity fixture or skips
-the test (fails under TFBRAIN_REQUIRE_FIXTURES=1) when `../shared/fixtures` is absent.
+the test (fails under TFBRAIN_REQUIRE_FIXTURES=1) when `../shared/fixtures` is absent;
+`import_extra("apache_beam", "beam")` does the same for an optional extra
+(TFBRAIN_REQUIRE_EXTRAS=1).
 """
 
 import json
@@ -38,6 +40,18 @@ def shared_data_path(*parts: str) -> pathlib.Path:
         return path
     reason = f"shared data {path} not found (needs shared/ beside the checkout)"
     if os.environ.get("TFBRAIN_REQUIRE_FIXTURES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def import_extra(module: str, extra: str):
+    """Import an optional extra's module, or skip saying which extra installs it; fail instead
+    under TFBRAIN_REQUIRE_EXTRAS=1 (set by .ci/run, which installs every extra)."""
+    try:
+        return __import__(module)
+    except ImportError as error:
+        reason = f"{module} not importable ({error}): pip install 'tfbrain[{extra}]'"
+    if os.environ.get("TFBRAIN_REQUIRE_EXTRAS") == "1":
         pytest.fail(reason)
     pytest.skip(reason)
 

@@ -8,10 +8,13 @@ Examples:
         --orientation ras -o /data/ds_clean_tfr
     tfbrain prepare --table subjects.csv --label-column sex -o /data/cohort_tfr --workers 4
     tfbrain prepare run1.nii.gz run2.nii.gz -o /tmp/tfr --target-shape 96 96 96
+    tfbrain prepare --table ukb.csv --label-column sex -o gs://bucket/ukb_tfr \
+        --runner DataflowRunner --pipeline-options="--project=P --region=R --temp_location=gs://bucket/tmp"
 """
 
 import argparse
 import logging
+import shlex
 import sys
 
 
@@ -73,11 +76,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "stored once (lossless, less to inflate when reading); dense: whole frames (the "
                           "format before brain_only; resumes a folder converted that way)")
     out.add_argument("--shard-size-mb", type=float, default=128.0)
-    out.add_argument("--workers", type=int, default=2, help="parallel processes (0: in-process)")
+    out.add_argument("--workers", type=int, default=None,
+                     help="parallel processes (0: in-process; default 2); not with --runner")
     out.add_argument("--skip-bad", action="store_true", help="log and skip bad inputs instead of stopping")
     out.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
     out.add_argument("--split-seed", type=int, default=0)
     out.add_argument("--no-progress", action="store_true")
+    beam = parser.add_argument_group("scaling out with Apache Beam (pip install 'tfbrain[beam]'; "
+                                     "docs/beam_conversion.md)")
+    beam.add_argument("--runner", metavar="RUNNER",
+                      help="convert with an Apache Beam pipeline on this runner (DirectRunner, "
+                           "DataflowRunner, FlinkRunner, SparkRunner, PortableRunner) instead of local "
+                           "processes; same shards and dataset.json")
+    beam.add_argument("--pipeline-options", default="", metavar="'--OPTION=VALUE ...'",
+                      help="more Beam pipeline options as one string, given with '=': "
+                           "--pipeline-options=\"--project=P --region=R --temp_location=gs://B/tmp\"")
     out.add_argument("--check", action="store_true",
                      help="only verify the dataset folder -o against its dataset.json (paths, record "
                           "counts, sizes and sha256 of every shard and mask file); no inputs needed")
@@ -97,6 +110,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.output}: {len(info['shards'])} shards{masks} of {info['num_runs']} runs ({info['storage']} "
               "storage) match dataset.json (paths, record counts, sizes, sha256)")
         return 0
+    if args.runner is None and args.pipeline_options:
+        print("error: --pipeline-options needs --runner (they configure the Beam pipeline)", file=sys.stderr)
+        return 2
+    if args.runner is not None and args.workers is not None:
+        print("error: --workers sets local processes; with --runner the runner's own options set the "
+              "parallelism (e.g. --pipeline-options=--direct_num_workers=4)", file=sys.stderr)
+        return 2
     chosen = [bool(args.files), bool(args.table), bool(args.bids)]
     if sum(chosen) != 1:
         print("error: give exactly one of: NIfTI files, --table, --bids", file=sys.stderr)
@@ -124,15 +144,28 @@ def run(args: argparse.Namespace) -> int:
             background=args.background, center_on=args.center_on, dtype=args.dtype, min_frames=args.min_frames,
             detrend_order=args.detrend_order, confounds=args.confounds or (), fd_threshold=args.fd_threshold,
             orientation=args.orientation)
-        summary = tt.convert(
-            runs, args.output, config=config, compression="" if args.compression == "none" else "GZIP",
-            storage=args.storage,
-            shard_size_mb=args.shard_size_mb, workers=args.workers, skip_bad=args.skip_bad,
-            label_type=args.label_type, use_events=args.events or bool(args.events_file),
-            hrf_delay=args.hrf_delay, min_coverage=args.min_coverage, split_fractions=tuple(args.split),
-            split_seed=args.split_seed, progress=not args.no_progress)
+        common = dict(config=config, compression="" if args.compression == "none" else "GZIP",
+                      storage=args.storage, shard_size_mb=args.shard_size_mb, skip_bad=args.skip_bad, label_type=args.label_type,
+                      use_events=args.events or bool(args.events_file), hrf_delay=args.hrf_delay,
+                      min_coverage=args.min_coverage, split_fractions=tuple(args.split),
+                      split_seed=args.split_seed)
+        if args.runner is None:  # the default: local processes
+            summary = tt.convert(runs, args.output, workers=2 if args.workers is None else args.workers,
+                                 progress=not args.no_progress, **common)
+        else:
+            from tfrecords_tools.beam_pipeline import convert_with_beam
+
+            try:
+                pipeline_args = [f"--runner={args.runner}"] + shlex.split(args.pipeline_options)
+            except ValueError as error:
+                print(f"error: --pipeline-options: {error}", file=sys.stderr)
+                return 2
+            summary = convert_with_beam(runs, args.output, pipeline_args=pipeline_args, **common)
     except tt.BadInputError as error:  # one line naming the file, exit 2 as every bad input
         print(f"error: {error} (--skip-bad skips bad inputs)", file=sys.stderr)
+        return 2
+    except ImportError as error:  # an optional extra (apache-beam for --runner) is not installed
+        print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary)
     return 0
