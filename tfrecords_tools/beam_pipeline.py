@@ -56,7 +56,8 @@ def convert_with_beam(runs: Sequence[Run], output_dir: str, *, config: Optional[
     Takes the arguments of `writer.convert` (less `workers` and `progress`: the runner decides
     the parallelism and reports progress) and `pipeline_args`, Beam's own command-line options
     (`--runner=DataflowRunner --project=... --region=... --temp_location=gs://...`); without a
-    `--runner` Beam uses its DirectRunner on this machine. Waits for the pipeline to finish.
+    `--runner`, or with `DirectRunner`, the pipeline runs on this machine with Beam's Python
+    runner (see `_runner`). Waits for the pipeline to finish.
     `output_dir` and every input file must be reachable from the workers (a shared file
     system, or gs:// / s3:// paths that tf.io.gfile reads).
     """
@@ -84,7 +85,8 @@ def convert_with_beam(runs: Sequence[Run], output_dir: str, *, config: Optional[
                                          min_coverage=min_coverage, on_bad=bad)
         # a run's place in the input list orders the bad runs the workers report, as locally
         order = {run.key: i for i, run in enumerate(runs)}
-        pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+        options = PipelineOptions(list(pipeline_args))
+        pipeline = beam.Pipeline(runner=_runner(options), options=options)
         _ = (pipeline
              | "Runs" >> beam.Create(runs)
              | "Spread" >> beam.Reshuffle()  # one run per element, spread over the workers
@@ -111,6 +113,24 @@ def convert_with_beam(runs: Sequence[Run], output_dir: str, *, config: Optional[
     summary.bytes = sum(s["bytes"] for s in info["shards"])
     summary.seconds = time.time() - start
     return summary
+
+
+def _runner(options):
+    """The runner object for `options`, or None to let Beam pick by `--runner`.
+
+    For the DirectRunner (also Beam's default) this is the in-process Python runner it falls back
+    to: Beam's DirectRunner first tries its Prism runner, a Go binary it downloads at run time,
+    which a conversion must not do (and cannot on machines without internet access).
+    `--direct_num_workers` and `--direct_running_mode` still apply.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    name = options.view_as(StandardOptions).runner
+    if name in (None, "DirectRunner", "direct", "FnApiRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return None
 
 
 def _bad_input_in(text: str) -> Optional[BadInputError]:

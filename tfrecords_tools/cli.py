@@ -155,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             from tfrecords_tools.beam_pipeline import convert_with_beam
 
+            if not getattr(args, "debug", False):
+                _quiet_beam_logging()
             try:
                 pipeline_args = [f"--runner={args.runner}"] + shlex.split(args.pipeline_options)
             except ValueError as error:
@@ -169,6 +171,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(summary)
     return 0
+
+
+def _quiet_beam_logging() -> None:
+    """Keep Beam's log lines (job server, worker harness, optional GCP clients it finds missing,
+    and its own copy of a worker's error with traceback) off the terminal: a failed pipeline
+    raises anyway, and bad input is then one line. --debug shows them."""
+
+    def not_beam_chatter(record: logging.LogRecord) -> bool:
+        return "apache_beam" not in record.pathname
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(not_beam_chatter)
 
 
 def main(argv=None) -> int:

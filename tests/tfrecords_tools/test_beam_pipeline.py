@@ -76,6 +76,16 @@ class BeamConversionTest(TestCase):
             self.beam(out, skip_bad=False)
         self.assertFalse(os.path.exists(os.path.join(out, "dataset.json")))
 
+    def test_cli_bad_run_is_one_line(self):
+        with mock.patch("sys.stderr") as stderr:
+            code = cli.main([r.path for r in self.runs] + [
+                "-o", os.path.join(self.dir, "cli_bad"), "--target-shape", "8", "8", "8",
+                "--min-frames", "4", "--runner", "DirectRunner"])
+        err = "".join(call.args[0] for call in stderr.write.call_args_list)
+        self.assertEqual(code, 2)
+        self.assertRegex(err, r"^error: .*sub-09\.nii\.gz: too few frames.*--skip-bad")
+        self.assertEqual(err.count("\n"), 1, err)
+
     def test_cli_runner(self):
         out = os.path.join(self.dir, "cli")
         code = cli.main([r.path for r in self.runs[:3]] + [
