@@ -58,8 +58,9 @@ def convert_with_beam(runs: Sequence[Run], output_dir: str, *, config: Optional[
     (`--runner=DataflowRunner --project=... --region=... --temp_location=gs://...`); without a
     `--runner`, or with `DirectRunner`, the pipeline runs on this machine with Beam's Python
     runner (see `_runner`). Waits for the pipeline to finish.
-    `output_dir` and every input file must be reachable from the workers (a shared file
-    system, or gs:// / s3:// paths that tf.io.gfile reads).
+    Every worker must see the input files at the same POSIX paths (a shared file system, or a
+    bucket mounted in the worker container); `output_dir` may also be a `tf.io.gfile` URL
+    (gs://...).
     """
     beam = import_beam()
     from apache_beam.options.pipeline_options import PipelineOptions
