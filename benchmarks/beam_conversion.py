@@ -1,7 +1,8 @@
 """Conversion benchmark: the local converter against the Beam pipeline on the DirectRunner.
 
 What it measures is the overhead Beam adds on one machine (pipeline start, pickling runs and
-manifests, the finishing step), not cluster speed-up: on Dataflow, Flink or Spark the runs
+manifests, the finishing step) against the local converter in this process and with spawned
+worker processes (each of which imports TensorFlow first), not cluster speed-up: on Dataflow, Flink or Spark the runs
 spread over many machines, which a single box cannot show. Variants run interleaved, round by
 round, with the 1-minute load average beside each figure; every Beam output folder is checked
 byte for byte against the local one.
@@ -70,6 +71,8 @@ def main(argv=None) -> None:
     config = tt.PreprocessConfig(target_shape=(args.size,) * 3)
     common = dict(config=config, shard_size_mb=16.0)
     variants = {
+        "local, in-process (workers 0)": lambda out: tt.convert(
+            runs, out, workers=0, progress=False, **common),
         f"local, {args.workers} processes": lambda out: tt.convert(
             runs, out, workers=args.workers, progress=False, **common),
         "beam DirectRunner, in-memory": lambda out: convert_with_beam(
