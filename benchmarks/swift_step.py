@@ -70,7 +70,9 @@ def interleaved(variants: dict, repeats: int) -> dict:
             results[name]["times"].append(time.perf_counter() - t0)
             results[name]["cpu"].append(time.process_time() - c0)
             results[name]["loads"].append(os.getloadavg()[0])
-    for r in results.values():
+    for name, r in results.items():
+        print(f"  {name}: wall {[round(t, 3) for t in r['times']]}, CPU "
+              f"{[round(t, 3) for t in r['cpu']]}", file=sys.stderr)
         r["median_s"] = statistics.median(r["times"])
         r["cpu_s"] = statistics.median(r["cpu"])
         r["min_s"] = min(r["times"])

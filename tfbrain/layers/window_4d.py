@@ -12,7 +12,8 @@ Conventions that parity depends on:
   * grids that are not window multiples are zero-padded at the end of each
     axis, and the padded tokens are *not* masked (upstream behaviour);
   * the shifted-window mask is additive, -100 between tokens from different
-    regions of the rolled grid, 0 otherwise.
+    regions of the rolled grid, 0 otherwise; it is all zero off the shifted
+    boundary, so only the boundary windows get it (`mix_interior_and_boundary`).
 """
 
 import keras
