@@ -1,4 +1,4 @@
-"""Shared harness of the backbone step benchmarks (swift_step.py, neurostorm_step.py).
+"""Shared harness of the backbone step benchmarks (neurostorm_step.py, brainmt_step.py).
 
 Times forward and forward+backward of one backbone on CPU for each mode: `graph` is a
 `tf.function(jit_compile=False)` step, `xla` compiles the whole step

@@ -7,6 +7,12 @@ Importing `tfbrain` is cheap (no TensorFlow): `load_preset`, `list_presets` and
 import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# TensorFlow's default CPU allocator hands every large buffer back to the OS, so each XLA step
+# page-faults its temporaries in afresh: that, not the arithmetic, made SwiFT's attention
+# passes 3x slower (docs/models/swift.md). The BFC allocator keeps and reuses them. Read when
+# TF first allocates, so it applies if tfbrain is imported before the first op; an explicit
+# TF_CPU_ALLOCATOR_USE_BFC=false wins.
+_os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 from tfbrain.version import __version__  # noqa: E402
 

@@ -12,7 +12,7 @@ from keras import ops
 
 
 def attention_core(query, key, value, additive_mask=None, scale=None, dropout=None,
-                   training=False, return_weights=False):
+                   training=False, return_weights=False, normalize_after_values=False):
     """softmax(q kᵀ · scale + mask) v.
 
     Args:
@@ -23,6 +23,11 @@ def attention_core(query, key, value, additive_mask=None, scale=None, dropout=No
         scale: float, default `d ** -0.5`. Applied to the query first (as timm and Swin do).
         dropout: optional Keras Dropout layer applied to the weights.
         return_weights: also return the `(B, h, N, M)` weights.
+        normalize_after_values: divide by the softmax denominator after the product with
+            `value` (on `(B, h, N, d_v)`) instead of on the `(B, h, N, M)` weights: one pass
+            over the scores fewer, and each exp computed once. Equal within float32
+            rounding; the row max is held constant for the gradient (the result does not
+            depend on it). Not with `return_weights`.
 
     Returns:
         `(B, h, N, d_v)` (and the weights).
@@ -33,6 +38,24 @@ def attention_core(query, key, value, additive_mask=None, scale=None, dropout=No
     scores = ops.cast(scores, "float32")
     if additive_mask is not None:
         scores = scores + ops.cast(additive_mask, "float32")
+    if normalize_after_values:
+        if return_weights:
+            raise ValueError("`return_weights` needs the normalised weights; it cannot be "
+                             "combined with `normalize_after_values=True`.")
+        # float32 max/exp/sum, one exp per score; softmax is shift-invariant, so the max
+        # only guards exp against overflow and carries no gradient
+        row_max = ops.stop_gradient(ops.max(scores, axis=-1, keepdims=True))  # (B, h, N, 1)
+        weights = ops.cast(ops.exp(scores - row_max), value.dtype)  # (B, h, N, M), unnormalised
+        if dropout is not None:
+            # the denominator must be the sum of the undropped weights: reduce it apart
+            denominator = ops.sum(ops.cast(weights, "float32"), axis=-1, keepdims=True)
+            out = ops.cast(ops.matmul(dropout(weights, training=training), value), "float32")
+            return ops.cast(out / denominator, value.dtype)
+        # a column of ones after the values makes the same product also sum the weights,
+        # so the (N, M) weights are read once, by the matmul
+        ones = ops.ones(tuple(ops.shape(value)[:-1]) + (1,), value.dtype)
+        out = ops.cast(ops.matmul(weights, ops.concatenate([value, ones], axis=-1)), "float32")
+        return ops.cast(out[..., :-1] / out[..., -1:], value.dtype)  # (B, h, N, d_v)
     weights = ops.cast(ops.softmax(scores, axis=-1), value.dtype)
     if dropout is not None:
         weights = dropout(weights, training=training)

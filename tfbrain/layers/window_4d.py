@@ -12,7 +12,8 @@ Conventions that parity depends on:
   * grids that are not window multiples are zero-padded at the end of each
     axis, and the padded tokens are *not* masked (upstream behaviour);
   * the shifted-window mask is additive, -100 between tokens from different
-    regions of the rolled grid, 0 otherwise.
+    regions of the rolled grid, 0 otherwise; it is all zero off the shifted
+    boundary, so only the boundary windows get it (`mix_interior_and_boundary`).
 """
 
 import keras
@@ -121,14 +122,107 @@ def mask_from_labels(labels):
     return ops.where(differ, MASK_VALUE, 0.0)
 
 
-def windowed_apply(x, mixer, window_size, shift_size, mask=None):
+def masked_window_boxes(window_grid, shift_size):
+    """Split the window grid into the interior, which needs no mask, and masked boxes.
+
+    After the cyclic roll, region bands change only inside the *last* window along a
+    shifted axis ([n-w, n-s) and [n-s, n) both fall in it); every other window lies in
+    band 0 on every axis, so its -100 mask is all zero and skipping the add is exact.
+    The masked windows (last along some shifted axis) are cut into disjoint boxes, one
+    per shifted axis a_k: last along a_k, not last along the shifted axes cut before it.
+
+    Args:
+        window_grid: 4-tuple, windows per axis (padded grid // window).
+        shift_size: effective 4-tuple shift; an axis with shift 0 is never masked.
+
+    Returns:
+        (interior, cuts): `interior` is a 4-tuple of (start, stop) window ranges;
+        `cuts` is a tuple of (axis, box) with `box` a 4-tuple of ranges, in cut order.
+    """
+    rest = [(0, n) for n in window_grid]
+    cuts = []
+    for axis, shift in enumerate(shift_size):
+        if shift == 0:
+            continue
+        n = window_grid[axis]
+        if n < 2:  # the shrink rule drops the shift of an axis no bigger than its window
+            raise ValueError(f"A shifted axis needs at least 2 windows. Received: window grid "
+                             f"{tuple(window_grid)}, shift {tuple(shift_size)}")
+        box = list(rest)
+        box[axis] = (n - 1, n)
+        cuts.append((axis, tuple(box)))
+        rest[axis] = (0, n - 1)
+    return tuple(rest), tuple(cuts)
+
+
+def _box_shape(box):
+    return tuple(stop - start for start, stop in box)
+
+
+def _box_slice(x, box, first_axis):
+    """`x` cut to `box` on the 4 window axes that start at `first_axis`."""
+    index = [slice(None)] * first_axis + [slice(start, stop) for start, stop in box]
+    return x[tuple(index)]
+
+
+def mix_interior_and_boundary(windows, mixer, shift_size, region_labels):
+    """Mix interior windows without a mask and boundary windows with the -100 mask.
+
+    Equal to `mixer(all windows, mask_from_labels(region_labels))`: the windows off the
+    boundary have an all-zero mask (see `masked_window_boxes`). Static slices and
+    concatenations only (no gather/scatter), so the gradient is slices and pads too.
+
+    Args:
+        windows: `(B, nWd, nWh, nWw, nWt, N, C)`.
+        mixer: callable `(B * n, N, C), additive (n, N, N) mask or None -> (B * n, N, C)`.
+        shift_size: effective 4-tuple shift.
+        region_labels: numpy `(nW, N)` labels of the rolled grid (`shifted_window_labels`).
+
+    Returns:
+        `(B, nWd, nWh, nWw, nWt, N, C)`.
+    """
+    window_grid = tuple(windows.shape[1:5])
+    num_tokens, channels = windows.shape[5], windows.shape[6]
+    labels = np.asarray(region_labels).reshape(window_grid + (num_tokens,))  # (nWd, .., nWt, N)
+    interior, cuts = masked_window_boxes(window_grid, shift_size)
+
+    def flat(t):  # (B, ..window box.., N, C) -> (B * n, N, C)
+        return ops.reshape(t, (-1, num_tokens, channels))
+
+    # every masked box goes through the mixer in one batch: (B, n_masked, N, C)
+    sizes = [int(np.prod(_box_shape(box))) for _, box in cuts]
+    masked = ops.concatenate([ops.reshape(_box_slice(windows, box, 1), (-1, size, num_tokens,
+                                                                         channels))
+                              for (_, box), size in zip(cuts, sizes)], axis=1)
+    masked_labels = np.concatenate([_box_slice(labels, box, 0).reshape(-1, num_tokens)
+                                    for _, box in cuts])  # (n_masked, N)
+    mask = mask_from_labels(ops.convert_to_tensor(masked_labels))  # (n_masked, N, N)
+    masked = ops.reshape(mixer(flat(masked), mask), (-1, sum(sizes), num_tokens, channels))
+    rest = ops.reshape(mixer(flat(_box_slice(windows, interior, 1)), None),
+                       (-1,) + _box_shape(interior) + (num_tokens, channels))
+    # undo the cuts in reverse: the region before cut k = concat(region after it, box k)
+    offsets = np.cumsum([0] + sizes)
+    for k in reversed(range(len(cuts))):
+        axis, box = cuts[k]
+        part = ops.reshape(masked[:, offsets[k]:offsets[k + 1]],
+                           (-1,) + _box_shape(box) + (num_tokens, channels))
+        rest = ops.concatenate([rest, part], axis=1 + axis)
+    return rest
+
+
+def windowed_apply(x, mixer, window_size, shift_size, region_labels=None,
+                   mask_every_window=False):
     """Pad, roll, cut into windows, mix tokens inside each window, and undo it all.
 
     Args:
         x: `(B, D, H, W, T, C)` normalised tokens.
-        mixer: callable `(B * nW, N, C), mask -> (B * nW, N, C)`.
+        mixer: callable `(B * n, N, C), mask -> (B * n, N, C)`, where the mask is an
+            additive `(n, N, N)` tensor or None.
         window_size, shift_size: effective 4-tuples (after the shrink rule).
-        mask: additive `(nW, N, N)` mask, used only when some shift is non-zero.
+        region_labels: numpy `(nW, N)` labels of the rolled grid, for a mixer that masks
+            attention across regions (the Swin -100 mask); None: no mask.
+        mask_every_window: add the mask to every window (upstream's way) instead of
+            only to the boundary windows that need it; the two are exactly equal.
 
     Returns:
         `(B, D, H, W, T, C)`.
@@ -143,7 +237,14 @@ def windowed_apply(x, mixer, window_size, shift_size, mask=None):
     if shifted:
         x = ops.roll(x, shift=[-s for s in shift_size], axis=(1, 2, 3, 4))
     windows = window_partition_4d(x, window_size)  # (B*nW, N, C)
-    windows = mixer(windows, mask if shifted else None)
+    if not shifted or region_labels is None:
+        windows = mixer(windows, None)
+    elif mask_every_window:
+        windows = mixer(windows, mask_from_labels(ops.convert_to_tensor(region_labels)))
+    else:
+        window_grid = tuple(p // w for p, w in zip(padded, window_size))
+        windows = ops.reshape(windows, (-1,) + window_grid + tuple(windows.shape[1:]))
+        windows = mix_interior_and_boundary(windows, mixer, shift_size, region_labels)
     x = window_reverse_4d(windows, window_size, padded)  # (B, D', H', W', T', C)
     if shifted:
         x = ops.roll(x, shift=list(shift_size), axis=(1, 2, 3, 4))
@@ -173,12 +274,16 @@ class WindowAttention4D(MultiHeadSelfAttention):
     def attend(self, query, key, value, attention_mask, training):
         """`(B * nW, h, N, d)` each; the mask, if any, is `(nW, N, N)`."""
         if attention_mask is None:
-            return super().attend(query, key, value, None, training)
+            # 256-token windows make the (N, N) scores the bulk of the work: normalise
+            # after the product with the values (one exp per score, one pass fewer)
+            return attention_core(query, key, value, dropout=self.attention_dropout,
+                                  training=training, normalize_after_values=True)
         # windows of one sample are contiguous: view (B*nW) as (B, nW) so the (nW, N, N)
         # mask broadcasts over batch and heads
         num_windows = attention_mask.shape[0]
         split = lambda t: ops.reshape(t, (-1, num_windows) + tuple(t.shape[1:]))  # noqa: E731
         out = attention_core(split(query), split(key), split(value),
                              additive_mask=attention_mask[None, :, None],
-                             dropout=self.attention_dropout, training=training)  # (B, nW, h, N, d)
+                             dropout=self.attention_dropout, training=training,
+                             normalize_after_values=True)  # (B, nW, h, N, d)
         return ops.reshape(out, (-1,) + tuple(query.shape[1:]))  # (B*nW, h, N, d)

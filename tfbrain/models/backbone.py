@@ -23,6 +23,13 @@ class Backbone(keras.Model):
 
     pooling = "token_mean"
 
+    def __init__(self, *args, dtype=None, **kwargs):
+        super().__init__(*args, dtype=dtype, **kwargs)
+        if dtype is not None:
+            # a functional Model does not keep the `dtype` it is given (its layers do); keep it
+            # so that get_config, and so a preset and an export, record e.g. mixed_bfloat16
+            self.dtype_policy = keras.dtype_policies.get(dtype)
+
     def serving_overrides(self) -> dict:
         """Constructor arguments that a serving graph needs changed (for example an XLA-only
         code path switched off: TF-Serving refuses functions that must be XLA-compiled).

@@ -134,17 +134,19 @@ class WindowBlock4D(keras.layers.Layer):
         """Create the mixer's weights; `self.effective_window/shift` are set."""
         raise NotImplementedError
 
-    def window_mask(self):
-        """Additive `(nW, N, N)` mask for shifted windows, or None."""
+    def window_region_labels(self):
+        """numpy `(nW, N)` region labels of the rolled grid when the mixer masks attention
+        across regions (shifted Swin windows), else None."""
         return None
 
     def mix(self, windows, mask, training=False):
-        """`(B * nW, N, C)` -> `(B * nW, N, C)`."""
+        """`(B * n, N, C)` -> `(B * n, N, C)`; `mask` is an additive `(n, N, N)` or None."""
         raise NotImplementedError
 
     def call(self, x, training=False):
         mixed = windowed_apply(self.norm1(x), lambda w, m: self.mix(w, m, training=training),
-                               self.effective_window, self.effective_shift, self.window_mask())
+                               self.effective_window, self.effective_shift,
+                               self.window_region_labels())
         x = x + self.drop_path(mixed, training=training)
         return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
 

@@ -4,11 +4,7 @@ Letters: B batch, D/H/W space, T frames, C channels, N tokens per window,
 nW windows per sample.
 """
 
-import keras
-from keras import ops
-
-from tfbrain.layers.window_4d import (WindowAttention4D, mask_from_labels, padded_grid_size,
-                                      shifted_window_labels)
+from tfbrain.layers.window_4d import WindowAttention4D, padded_grid_size, shifted_window_labels
 from tfbrain.models.swin_4d import WindowBlock4D
 
 
@@ -16,7 +12,9 @@ class SwinBlock4D(WindowBlock4D):
     """x <- x + DropPath(W-MSA(LN(x))); x <- x + DropPath(MLP(LN(x))), in 4D windows.
 
     Shifted blocks mask attention between tokens from different regions of the rolled
-    grid (-100); the region labels are precomputed at build time.
+    grid (-100); the region labels are precomputed at build time, and only the windows
+    on the shifted boundary, whose mask is not all zero, get the add
+    (`tfbrain.layers.window_4d.mix_interior_and_boundary`).
 
     Args:
         hidden_dim: int. Token width C.
@@ -52,10 +50,8 @@ class SwinBlock4D(WindowBlock4D):
                                       name="attn")
         self.attn.build((None, None, self.hidden_dim))
 
-    def window_mask(self):
-        if self.region_labels is None:
-            return None
-        return mask_from_labels(ops.convert_to_tensor(self.region_labels))  # (nW, N, N)
+    def window_region_labels(self):
+        return self.region_labels  # (nW, N); only boundary windows get the mask
 
     def mix(self, windows, mask, training=False):
         return self.attn(windows, attention_mask=mask, training=training)

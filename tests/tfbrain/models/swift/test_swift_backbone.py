@@ -3,6 +3,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.test_case import TestCase, load_fixture_json, load_fixture_npz
 from tfbrain.models.swift import SwiFT, SwiFTBackbone
@@ -13,12 +14,13 @@ TINY = dict(volume_shape=(8, 8, 8, 4, 1), patch_size=(2, 2, 2, 1), hidden_dim=12
             num_heads=(2, 4), first_window_size=(2, 2, 2, 2), window_size=(2, 2, 2, 2))
 
 
-def converted_fixture(name):
+def converted_fixture(name, dtype=None):
     """Keras backbone with the fixture's weights, and the fixture io (channels-last)."""
     config = load_fixture_json("swift", f"{name}_config.json")
     state_dict = load_fixture_npz("swift", f"{name}_state_dict.npz")
     io = load_fixture_npz("swift", f"{name}_io.npz")
-    backbone = load_upstream_backbone(state_dict, swift_kwargs_from_upstream(config["constructor_kwargs"]))
+    kwargs = swift_kwargs_from_upstream(config["constructor_kwargs"])
+    backbone = load_upstream_backbone(state_dict, {**kwargs, "dtype": dtype} if dtype else kwargs)
     fmri = io["input"].astype("float32").transpose(0, 2, 3, 4, 5, 1)  # (B, D, H, W, T, C)
     expected = io["output_f64"].transpose(0, 2, 3, 4, 5, 1)
     return backbone, fmri, expected
@@ -131,3 +133,51 @@ class SwiFTParityTest(TestCase):
 
     def test_full(self):
         self.check_parity("full")
+
+
+class SwiFTBfloat16Test(TestCase):
+    """The mixed_bfloat16 path: matmuls in bfloat16, softmax and layer norms in float32."""
+
+    def test_parity_at_bfloat16_tolerance(self):
+        # bfloat16 keeps 8 significant bits (rounding 2^-9 = 0.2% relative); the residual
+        # stream is stored in bfloat16 between blocks, so roundings add up over 8 blocks and
+        # 3 merges. Measured on small/edge: max 5.1%/5.4% of std, rms 1.4%/0.9% of std;
+        # the bounds leave a factor of ~2 (a float16-like 11-bit path would be ~8x smaller,
+        # a broken mask or softmax in bfloat16 tens of % off).
+        for name in ("small", "edge"):
+            backbone, fmri, expected = converted_fixture(name, dtype="mixed_bfloat16")
+            out = backbone(fmri)
+            self.assertEqual(keras.backend.standardize_dtype(out.dtype), "bfloat16")
+            error = np.asarray(out, np.float64) - expected
+            scale = np.std(expected)
+            print(f"\nSwiFT bfloat16 {name}: max {np.max(np.abs(error)) / scale:.3f} x std, "
+                  f"rms {np.sqrt(np.mean(error ** 2)) / scale:.4f} x std")
+            self.assertLessEqual(np.max(np.abs(error)), 0.1 * scale, name)
+            self.assertLessEqual(np.sqrt(np.mean(error ** 2)), 0.03 * scale, name)
+
+    @pytest.mark.large
+    def test_export_takes_float32_and_computes_in_bfloat16(self):
+        from tfbrain import export
+
+        backbone = SwiFTBackbone(**TINY, dtype="mixed_bfloat16")
+        folder = self.get_temp_dir()
+        backbone.save_to_preset(folder + "/preset")
+        path = export.export_preset(folder + "/preset", folder + "/base", "tiny", warmup=False)
+        loaded = tf.saved_model.load(str(path))
+        _, inputs = loaded.signatures["serving_default"].structured_input_signature
+        self.assertEqual(inputs["fmri"].dtype, tf.float32)
+        fmri = np.random.default_rng(0).normal(size=(2, 8, 8, 8, 4, 1)).astype("float32")
+        served = loaded.signatures["serving_default"](fmri=tf.constant(fmri))["embedding"]
+        self.assertEqual(served.dtype, tf.float32)
+        # within the bfloat16 tolerance of the same weights computed in float32
+        reference = SwiFTBackbone(**TINY)
+        reference.set_weights(backbone.get_weights())
+        expected = np.mean(reference(fmri), axis=(1, 2, 3, 4))
+        self.assertAllClose(served, expected, atol=0.1 * np.std(expected), rtol=0)
+        # the saved graph does its matmuls in bfloat16
+        proto = export._read_saved_model_proto(path)
+        matmul_types = {node.attr["T"].type for graph in proto.meta_graphs
+                        for function in graph.graph_def.library.function
+                        for node in function.node_def
+                        if node.op in ("MatMul", "BatchMatMulV2", "BatchMatMulV3")}
+        self.assertIn(tf.bfloat16.as_datatype_enum, matmul_types)
