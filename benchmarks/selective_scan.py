@@ -229,7 +229,8 @@ def main():
         thin = [tf.constant(v) for v in thin.values()]
         thin_fwd = tf.function(ours, jit_compile=True)
         calls["loop floor"] = lambda: thin_fwd(*thin).numpy()
-        row = {"size": f"({batch},{channels},{steps},{state})", **time_rotation(calls, args.repeats)}
+        row = {"size": f"({batch},{channels},{steps},{state})",
+               **time_rotation(calls, args.repeats)}
         if "tf.scan" not in args.skip and count <= TF_SCAN_BACKWARD_LIMIT:
             scan_bwd = forward_backward(tf_scan_fn)  # one timed call: its gradient is slow
             row.update(time_rotation(
@@ -237,8 +238,8 @@ def main():
         rows.append(row)
         print(f"done {row['size']}", flush=True)
 
-    columns = [c for c in ("tfbrain fwd", "tfbrain fwd, channels last", "chunk-exp fwd", "tfbrain fwd+bwd", "numpy fwd",
-                           "tf.scan jit fwd", "tf.scan fwd+bwd", "exp floor (1 op)",
+    columns = [c for c in ("tfbrain fwd", "tfbrain fwd, channels last", "chunk-exp fwd",
+                           "tfbrain fwd+bwd", "numpy fwd", "tf.scan jit fwd", "tf.scan fwd+bwd", "exp floor (1 op)",
                            "exp floor (loop)", "loop floor") if any(c in row for row in rows)]
     print(f"\nselective scan: median wall ms / CPU ms @ 1-min load, {args.repeats} rounds in "
           f"rotation; {os.cpu_count()} CPUs, TF {tf.__version__}, chunk "
