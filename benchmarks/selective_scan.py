@@ -240,7 +240,8 @@ def main():
 
     columns = [c for c in ("tfbrain fwd", "tfbrain fwd, channels last", "chunk-exp fwd",
                            "tfbrain fwd+bwd", "numpy fwd", "tf.scan jit fwd", "tf.scan fwd+bwd",
-                           "exp floor (1 op)", "exp floor (loop)", "loop floor") if any(c in row for row in rows)]
+                           "exp floor (1 op)", "exp floor (loop)", "loop floor")
+               if any(c in row for row in rows)]
     print(f"\nselective scan: median wall ms / CPU ms @ 1-min load, {args.repeats} rounds in "
           f"rotation; {os.cpu_count()} CPUs, TF {tf.__version__}, chunk "
           f"{args.chunk_size or 16}")
