@@ -16,6 +16,8 @@ on 127.0.0.1 and sends Predict requests of B windows each:
                  own cost: the floor for the gRPC paths)
     grpc fp32    PredictionClient -> server -> `serving_default`, float32 payload
     grpc fp16    float16 windows (as tfrecords_tools stores them) -> `serving_default_fp16`
+    rest fp32    RestPredictionClient -> the server's REST API (JSON numbers), only for batches
+                 whose JSON body fits the server's REST body limit (not the full config)
 
 Every (batch size, path) pair is called once per round, in rotation, so that load from other
 processes on a shared machine falls on all of them alike; `--warmup` untimed calls first.
@@ -49,7 +51,7 @@ CONFIGS = {
     # a tiny SwiFT (8^3 x 4) to check the script itself in a minute
     "tiny": dict(variant="swift_tiny", rounds=3, warmup=1),
 }
-PATHS = ("in-process", "grpc fp32", "grpc fp16")
+PATHS = ("in-process", "grpc fp32", "grpc fp16", "rest fp32")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -77,14 +79,16 @@ def start_server(model_dir: pathlib.Path, workdir: pathlib.Path, max_batch: int)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = open(workdir / "server.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "serving", str(model_dir), "--port", "0",
-                                "--ready-file", str(ready), "--max-batch", str(max_batch)],
+                                "--rest-port", "0", "--ready-file", str(ready),
+                                "--max-batch", str(max_batch)],
                                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
-    while not ready.exists():
+    while not ready.exists() or len(ready.read_text().split()) < 2:  # gRPC port, REST port
         if process.poll() is not None or time.time() > deadline:
             raise RuntimeError(f"server did not start; see {workdir / 'server.log'}")
         time.sleep(0.2)
-    return process, f"127.0.0.1:{ready.read_text()}"
+    grpc_port, rest_port = ready.read_text().split()
+    return process, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{rest_port}"
 
 
 def time_rotation(calls: dict, rounds: int, warmup: int, server_pid: int) -> dict[str, list]:
@@ -110,6 +114,8 @@ def run_config(name: str, variant: str | None, preset: str | None, batch_sizes: 
     import tensorflow as tf
 
     from serving.client import PredictionClient
+    from serving.rest import DEFAULT_MAX_BODY_BYTES
+    from serving.rest_client import RestPredictionClient
     from tfbrain import export
 
     model, metadata = build_model(variant, preset)
@@ -128,9 +134,10 @@ def run_config(name: str, variant: str | None, preset: str | None, batch_sizes: 
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         expected = {b: signature(fmri=tf.constant(w))["logits"].numpy()
                     for b, w in windows.items()}
-        process, target = start_server(path.parent, workdir, max(batch_sizes))
+        process, target, rest_target = start_server(path.parent, workdir, max(batch_sizes))
         clients = {"grpc fp32": PredictionClient(target, "bench", use_fp16=False, timeout_s=1800),
                    "grpc fp16": PredictionClient(target, "bench", use_fp16=True, timeout_s=1800)}
+        rest = RestPredictionClient(rest_target, "bench", timeout_s=1800)
         calls, errors = {}, {}
         try:
             for b in batch_sizes:
@@ -141,9 +148,13 @@ def run_config(name: str, variant: str | None, preset: str | None, batch_sizes: 
                     got = client.predict(payload)["logits"]
                     errors[(b, label)] = float(np.max(np.abs(got - expected[b])))
                     calls[(b, label)] = (lambda c, x: lambda: c.predict(x))(client, payload)
+                if len(json.dumps(rest.build_body(windows[b]))) <= DEFAULT_MAX_BODY_BYTES:
+                    got = rest.predict(windows[b])["logits"]
+                    errors[(b, "rest fp32")] = float(np.max(np.abs(got - expected[b])))
+                    calls[(b, "rest fp32")] = (lambda c, x: lambda: c.predict(x))(rest, windows[b])
             samples = time_rotation(calls, rounds, warmup, process.pid)
         finally:
-            for client in clients.values():
+            for client in (*clients.values(), rest):
                 client.close()
             process.terminate()
             process.wait(timeout=60)

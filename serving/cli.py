@@ -4,6 +4,7 @@
     tfbrain serve MODEL_BASE/NAME/3          the same model with version 3 as the default
     tfbrain serve --model-base MODEL_BASE    every model folder under MODEL_BASE
     tfbrain serve --model a=PATH --model b=PATH
+    tfbrain serve MODEL_BASE/NAME --rest-port 8501   gRPC on 8500 and TF-Serving's REST API on 8501
 """
 
 import argparse
@@ -24,7 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gRPC send/receive limit in MiB (default 2047, about TF-Serving's 2 GB)")
     parser.add_argument("--grace-s", type=float, default=10.0,
                         help="on SIGTERM, seconds to let running requests finish (default 10)")
-    parser.add_argument("--ready-file", help="write the bound port here once serving (for scripts)")
+    parser.add_argument("--ready-file", help="write the bound gRPC port here once serving, and the REST "
+                                             "port on a second line with --rest-port (for scripts)")
+    parser.add_argument("--rest-port", type=int, default=None,
+                        help="also serve TF-Serving's REST API on this port (TF-Serving uses 8501; "
+                             "0 picks a free one; default: no REST)")
+    parser.add_argument("--rest-host", default=None,
+                        help="address the REST API binds (default: --host, itself 127.0.0.1)")
+    parser.add_argument("--rest-max-body-mb", type=float, default=64,
+                        help="refuse REST request bodies larger than this, before reading them "
+                             "(default 64 MiB; JSON is about 5x the raw floats: full windows go over gRPC)")
+    parser.add_argument("--version-label", action="append", default=[], metavar="[NAME:]LABEL=VERSION",
+                        help="let requests ask for VERSION as LABEL (/labels/LABEL over REST, "
+                             "ModelSpec.version_label over gRPC); NAME may be left out with one model "
+                             "(repeatable)")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="refuse requests with a larger batch dimension, before decoding them "
                              "(default: max_batch_size of MODEL_BASE/batching_parameters.txt, else 64)")
@@ -65,6 +79,26 @@ def resolve_models(paths, model_base=None, named=()) -> tuple[dict, dict]:
     return models, pinned
 
 
+def parse_version_labels(items, models) -> dict[str, dict[str, int]]:
+    """{model: {label: version}} from --version-label [NAME:]LABEL=VERSION items."""
+    labels: dict[str, dict[str, int]] = {}
+    for item in items:
+        target, sep, version = item.partition("=")
+        name, colon, label = target.rpartition(":")
+        if not colon:
+            if len(models) != 1:
+                raise ValueError(f"--version-label {item!r}: name the model (NAME:LABEL=VERSION) when "
+                                 f"serving several: {sorted(models)}")
+            name = next(iter(models))
+        if not sep or not label or not version.isdigit():
+            raise ValueError(f"--version-label expects [NAME:]LABEL=VERSION with an integer VERSION. "
+                             f"Received: {item!r}")
+        if name not in models:
+            raise ValueError(f"--version-label {item!r}: model {name!r} is not served; served: {sorted(models)}")
+        labels.setdefault(name, {})[label] = int(version)
+    return labels
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -74,10 +108,16 @@ def run(args: argparse.Namespace) -> int:
     models, pinned = resolve_models(args.paths, args.model_base, args.model)
     if args.max_batch is not None and args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1. Received: {args.max_batch}")
+    if args.rest_max_body_mb <= 0:
+        raise ValueError(f"--rest-max-body-mb must be > 0. Received: {args.rest_max_body_mb}")
+    if args.rest_port is not None and args.rest_port == args.port and args.rest_port != 0:
+        raise ValueError(f"--rest-port {args.rest_port} is also the gRPC --port; give them different ports")
+    labels = parse_version_labels(args.version_label, models)
     try:
         return serve(models, host=args.host, port=args.port, max_workers=args.max_workers,
                      max_message_bytes=min(args.max_message_mb * 2**20, 2**31 - 1),
                      pinned_versions=pinned, grace_s=args.grace_s, ready_file=args.ready_file,
-                     max_batch=args.max_batch)
+                     max_batch=args.max_batch, version_labels=labels, rest_port=args.rest_port,
+                     rest_host=args.rest_host, rest_max_body_bytes=int(args.rest_max_body_mb * 2**20))
     except OSError as error:  # a port in use: one line, exit 2
         raise ValueError(str(error)) from None

@@ -38,6 +38,7 @@ class PredictionClient:
         target: "host:port" of the gRPC endpoint.
         model_name: `ModelSpec.name`.
         version: a fixed version number; the server's default (newest) when None.
+        version_label: a version label instead of a number (`ModelSpec.version_label`).
         use_fp16: send float16 windows to the `<signature>_fp16` signatures.
         timeout_s: deadline of each attempt.
         retries: extra attempts after a retryable failure.
@@ -48,16 +49,20 @@ class PredictionClient:
     """
 
     def __init__(self, target: str, model_name: str, *, version: int | None = None,
-                 use_fp16: bool = False, timeout_s: float = 60.0, retries: int = 2,
+                 version_label: str | None = None, use_fp16: bool = False, timeout_s: float = 60.0, retries: int = 2,
                  backoff_s: float = 0.2, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  channel: grpc.Channel | None = None):
         if retries < 0:
             raise ValueError(f"`retries` must be >= 0. Received: retries={retries}")
         if timeout_s <= 0:
             raise ValueError(f"`timeout_s` must be > 0. Received: timeout_s={timeout_s}")
+        if version is not None and version_label is not None:
+            raise ValueError(f"give `version` or `version_label`, not both. Received: version={version}, "
+                             f"version_label={version_label!r}")
         self.target = target
         self.model_name = model_name
         self.version = version
+        self.version_label = version_label
         self.use_fp16 = use_fp16
         self.timeout_s = timeout_s
         self.retries = retries
@@ -75,6 +80,8 @@ class PredictionClient:
         spec = model_pb2.ModelSpec(name=self.model_name, signature_name=signature_name)
         if self.version is not None:
             spec.version.CopyFrom(wrappers_pb2.Int64Value(value=int(self.version)))
+        elif self.version_label is not None:
+            spec.version_label = self.version_label
         return spec
 
     def signature_for(self, signature_name: str) -> str:
@@ -167,6 +174,7 @@ def rest_predict_body(windows, signature_name: str = DEFAULT_SIGNATURE) -> dict:
     POST it to http://HOST:8501/v1/models/NAME[/versions/N]:predict. Floats travel as JSON
     numbers (about 5x the raw size), so keep REST for small signatures; use gRPC for full
     windows. The response is {"predictions": [{output: value, ...}, ...]}.
+    `serving.rest_client.RestPredictionClient` sends such requests and decodes the answers.
     """
     windows = np.asarray(windows, dtype=np.float32)
     if windows.ndim == 5:

@@ -7,12 +7,17 @@ their SignatureDefs, never on a model class.
 
 Versions: a request without a version gets the newest version folder on disk (re-read on
 each request, so a freshly exported version is picked up); a request with a version gets
-that folder, loaded on first use and kept. `pinned_versions` fixes the default per model.
+that folder, loaded on first use and kept. `pinned_versions` fixes the default per model;
+`version_labels` ({model: {label: version}}, TF-Serving's models.config `version_labels`)
+lets a request ask for a version by label.
 
-Status codes: unknown model, version, label or signature -> NOT_FOUND (the real server says
-FAILED_PRECONDITION for an unknown signature key); bad dtype, rank, shape, missing or
-unknown input, unknown output_filter name -> INVALID_ARGUMENT; a failure inside the model
--> INTERNAL. None of them stops the server.
+Status codes: unknown model, version or signature -> NOT_FOUND (the real server says
+FAILED_PRECONDITION for an unknown signature key); an unknown version label, bad dtype,
+rank, shape, missing or unknown input, unknown output_filter name -> INVALID_ARGUMENT (as
+TF-Serving); a failure inside the model -> INTERNAL. None of them stops the server.
+
+REST: with `rest_port`, `serving.rest` serves TF-Serving's REST API over the same
+repository, through the same `predict` path (`run_signature`) and the same validation.
 
 Classify, Regress and MultiInference (tf.Example APIs) are not implemented: UNIMPLEMENTED.
 
@@ -124,9 +129,15 @@ class ModelRepository:
     """Models by name (each a folder of integer version folders), loaded lazily, thread-safe."""
 
     def __init__(self, model_dirs: dict[str, os.PathLike], pinned_versions: dict[str, int] | None = None,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, version_labels: dict[str, dict[str, int]] | None = None):
         self.model_dirs = {name: pathlib.Path(d) for name, d in model_dirs.items()}
         self.pinned_versions = dict(pinned_versions or {})
+        # TF-Serving's `version_labels` of models.config: {model: {label: version}}
+        self.version_labels = {name: dict(labels) for name, labels in (version_labels or {}).items()}
+        for name in self.version_labels:
+            if name not in self.model_dirs:
+                raise ValueError(f"version label for model {name!r}, which is not served; "
+                                 f"served models: {sorted(self.model_dirs)}")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"`max_batch` must be >= 1. Received: {max_batch}")
         self.max_batch = {name: max_batch or default_max_batch(d) for name, d in self.model_dirs.items()}
@@ -157,10 +168,15 @@ class ModelRepository:
         on_disk = _version_dirs(self.model_dirs[name])
         choice = model_spec.WhichOneof("version_choice")
         if choice == "version_label":
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"Servable not found for request: model {name!r} has no version labels "
-                               f"(asked for {model_spec.version_label!r}); ask by version number")
-        if choice == "version":
+            # TF-Serving answers an unknown label with INVALID_ARGUMENT and this message's start
+            labels = self.version_labels.get(name, {})
+            if model_spec.version_label not in labels:
+                known = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none (--version-label)"
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Unrecognized servable version label: {model_spec.version_label!r} "
+                                   f"of model {name!r}; its labels: {known}")
+            version = labels[model_spec.version_label]
+        elif choice == "version":
             version = int(model_spec.version.value)
         else:
             version = self.pinned_versions.get(name, max(on_disk) if on_disk else -1)
@@ -197,8 +213,80 @@ def _response_spec(loaded: LoadedVersion, signature_name: str) -> model_pb2.Mode
                                version=wrappers_pb2.Int64Value(value=loaded.version))
 
 
-def _handle(context, fn):
-    """Run fn(); turn RequestError into its status, anything else into INTERNAL."""
+class SignatureNotFound(RequestError):
+    """The model has no signature of that name (gRPC: NOT_FOUND; REST answers 400 as TF-Serving)."""
+
+
+def signature_spec(loaded: LoadedVersion, signature_name: str) -> SignatureSpec:
+    """The spec of one of `loaded`'s signatures ("" means serving_default)."""
+    signature_name = signature_name or DEFAULT_SIGNATURE
+    spec = loaded.specs.get(signature_name)
+    if spec is None:
+        raise SignatureNotFound(grpc.StatusCode.NOT_FOUND,
+                                f"Serving signature name: {signature_name!r} not found in model "
+                                f"{loaded.name!r} version {loaded.version}; signatures: {sorted(loaded.specs)}")
+    return spec
+
+
+def run_signature(repository: ModelRepository, loaded: LoadedVersion, spec: SignatureSpec,
+                  inputs, output_filter=()) -> dict[str, np.ndarray]:
+    """Validate TensorProto inputs against `spec` and run it: the one predict path behind
+    gRPC Predict and REST :predict. Returns the wanted outputs by name."""
+    arrays = validate_inputs(spec, inputs, repository.max_batch.get(loaded.name))
+    wanted = validate_output_filter(spec, output_filter)
+    outputs = loaded.run(spec.name, arrays)
+    return {key: outputs[key] for key in wanted}
+
+
+def predict(repository: ModelRepository, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    loaded = repository.get(request.model_spec)
+    spec = signature_spec(loaded, request.model_spec.signature_name)
+    outputs = run_signature(repository, loaded, spec, request.inputs, request.output_filter)
+    response = predict_pb2.PredictResponse(model_spec=_response_spec(loaded, spec.name))
+    for key, value in outputs.items():
+        ndarray_to_tensor_proto(value, out=response.outputs[key])
+    return response
+
+
+def model_metadata(repository: ModelRepository, request: get_model_metadata_pb2.GetModelMetadataRequest
+                   ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    loaded = repository.get(request.model_spec)
+    fields = list(request.metadata_field)
+    if not fields:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "GetModelMetadataRequest must name at least one metadata_field "
+                           "(supported: 'signature_def')")
+    unsupported = [f for f in fields if f != "signature_def"]
+    if unsupported:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"metadata_field {unsupported} not supported; supported: 'signature_def'")
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature_def in loaded.signature_defs.items():
+        signature_map.signature_def[name].CopyFrom(signature_def)
+    packed = any_pb2.Any()
+    packed.Pack(signature_map)
+    response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=_response_spec(loaded, ""))
+    response.metadata["signature_def"].CopyFrom(packed)
+    return response
+
+
+def model_status(repository: ModelRepository, request: get_model_status_pb2.GetModelStatusRequest
+                 ) -> get_model_status_pb2.GetModelStatusResponse:
+    """AVAILABLE for each loaded version (a named or labelled version is loaded on demand)."""
+    loaded = repository.get(request.model_spec)  # NOT_FOUND for unknown name/version
+    versions = ([loaded.version] if request.model_spec.WhichOneof("version_choice")
+                else repository.loaded_versions(loaded.name))
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for version in versions:
+        response.model_version_status.add(
+            version=version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+            status=util_status_pb2.StatusProto(error_code=0, error_message=""))
+    return response
+
+
+def handle_request(fn):
+    """Run fn(); turn RequestError into (None, (code, message)), anything else into INTERNAL.
+    Shared by the gRPC servicers and the REST handler."""
     try:
         return fn(), None
     except RequestError as err:
@@ -216,95 +304,56 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.repository = repository
 
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        def predict():
-            loaded = self.repository.get(request.model_spec)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            spec = loaded.specs.get(signature_name)
-            if spec is None:
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
-                                   f"Serving signature name: {signature_name!r} not found in model "
-                                   f"{loaded.name!r} version {loaded.version}; signatures: {sorted(loaded.specs)}")
-            arrays = validate_inputs(spec, request.inputs, self.repository.max_batch.get(loaded.name))
-            wanted = validate_output_filter(spec, request.output_filter)
-            outputs = loaded.run(signature_name, arrays)
-            response = predict_pb2.PredictResponse(model_spec=_response_spec(loaded, signature_name))
-            for key in wanted:
-                ndarray_to_tensor_proto(outputs[key], out=response.outputs[key])
-            return response
-
-        response, error = _handle(context, predict)
+        response, error = handle_request(lambda: predict(self.repository, request))
         if error:
             context.abort(*error)
         return response
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
-        def metadata():
-            loaded = self.repository.get(request.model_spec)
-            fields = list(request.metadata_field)
-            if not fields:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   "GetModelMetadataRequest must name at least one metadata_field "
-                                   "(supported: 'signature_def')")
-            unsupported = [f for f in fields if f != "signature_def"]
-            if unsupported:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"metadata_field {unsupported} not supported; supported: 'signature_def'")
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for name, signature_def in loaded.signature_defs.items():
-                signature_map.signature_def[name].CopyFrom(signature_def)
-            packed = any_pb2.Any()
-            packed.Pack(signature_map)
-            response = get_model_metadata_pb2.GetModelMetadataResponse(
-                model_spec=_response_spec(loaded, ""))
-            response.metadata["signature_def"].CopyFrom(packed)
-            return response
-
-        response, error = _handle(context, metadata)
+        response, error = handle_request(lambda: model_metadata(self.repository, request))
         if error:
             context.abort(*error)
         return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus: AVAILABLE for each loaded version (a named version is loaded on demand)."""
+    """GetModelStatus for the models of a ModelRepository."""
 
     def __init__(self, repository: ModelRepository):
         self.repository = repository
 
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
-        def status():
-            loaded = self.repository.get(request.model_spec)  # NOT_FOUND for unknown name/version
-            versions = ([loaded.version] if request.model_spec.HasField("version")
-                        else self.repository.loaded_versions(loaded.name))
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for version in versions:
-                response.model_version_status.add(
-                    version=version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
-                    status=util_status_pb2.StatusProto(error_code=0, error_message=""))
-            return response
-
-        response, error = _handle(context, status)
+        response, error = handle_request(lambda: model_status(self.repository, request))
         if error:
             context.abort(*error)
         return response
 
 
 class ModelServer:
-    """The gRPC server: PredictionService + ModelService on host:port.
+    """The gRPC server: PredictionService + ModelService on host:port, and with `rest_port`
+    TF-Serving's REST API (`serving.rest`) on rest_host:rest_port over the same models.
 
-    `port=0` picks a free port (read `.port` after `start()`). Use as a context manager in
-    tests; `serve()` runs one until SIGTERM/SIGINT.
+    `port=0` / `rest_port=0` pick free ports (read `.port` / `.rest.port` after `start()`).
+    Use as a context manager in tests; `serve()` runs one until SIGTERM/SIGINT.
     """
 
     def __init__(self, model_dirs: dict[str, os.PathLike], host: str = "127.0.0.1", port: int = 8500,
                  max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  pinned_versions: dict[str, int] | None = None, preload: bool = True,
-                 max_batch: int | None = None):
-        self.repository = ModelRepository(model_dirs, pinned_versions, max_batch)
+                 max_batch: int | None = None, version_labels: dict[str, dict[str, int]] | None = None,
+                 rest_port: int | None = None, rest_host: str | None = None,
+                 rest_max_body_bytes: int | None = None):
+        self.repository = ModelRepository(model_dirs, pinned_versions, max_batch, version_labels)
         self.host = host
         self.requested_port = port
         self.port = None
         self.preload = preload
+        self.rest = None
+        if rest_port is not None:
+            from serving.rest import DEFAULT_MAX_BODY_BYTES, RestServer  # rest imports this module
+            self.rest = RestServer(self.repository, host=rest_host or host, port=rest_port,
+                                   max_body_bytes=rest_max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+                                   max_workers=max_workers)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serving"),
             options=[("grpc.max_receive_message_length", max_message_bytes),
@@ -332,10 +381,18 @@ class ModelServer:
                           "(another server?) or not available; choose another --port")
         self._server.start()
         logger.info("serving %s on %s", sorted(self.repository.model_dirs), self.target)
+        if self.rest is not None:
+            try:
+                self.rest.start()
+            except OSError:
+                self._server.stop(None)
+                raise
         return self.port
 
     def stop(self, grace_s: float | None = 5.0) -> None:
-        """Refuse new RPCs, let running ones finish for up to `grace_s`, then close."""
+        """Refuse new requests, let running ones finish for up to `grace_s`, then close."""
+        if self.rest is not None:
+            self.rest.stop(grace_s)
         self._server.stop(grace_s).wait()
 
     def wait(self, timeout_s: float | None = None) -> bool:
@@ -352,14 +409,18 @@ class ModelServer:
 def serve(model_dirs: dict[str, os.PathLike], host: str = "127.0.0.1", port: int = 8500,
           max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES,
           pinned_versions: dict[str, int] | None = None, grace_s: float = 10.0,
-          ready_file: os.PathLike | None = None, max_batch: int | None = None) -> int:
+          ready_file: os.PathLike | None = None, max_batch: int | None = None,
+          version_labels: dict[str, dict[str, int]] | None = None, rest_port: int | None = None,
+          rest_host: str | None = None, rest_max_body_bytes: int | None = None) -> int:
     """Run a ModelServer until SIGTERM or SIGINT, then shut down gracefully. Returns 0.
 
-    `ready_file`, when given, receives the bound port once the server accepts requests.
+    `ready_file`, when given, receives the bound gRPC port once the server accepts requests
+    (and, with REST on, the REST port on a second line).
     """
     server = ModelServer(model_dirs, host=host, port=port, max_workers=max_workers,
                          max_message_bytes=max_message_bytes, pinned_versions=pinned_versions,
-                         max_batch=max_batch)
+                         max_batch=max_batch, version_labels=version_labels, rest_port=rest_port,
+                         rest_host=rest_host, rest_max_body_bytes=rest_max_body_bytes)
     stop_requested = threading.Event()
 
     def on_signal(signum, _frame):
@@ -370,8 +431,11 @@ def serve(model_dirs: dict[str, os.PathLike], host: str = "127.0.0.1", port: int
     try:
         port = server.start()
         print(f"serving {', '.join(sorted(model_dirs))} on {server.target}", flush=True)
+        if server.rest is not None:
+            print(f"REST API on {server.rest.url}/v1/models/NAME", flush=True)
         if ready_file:
-            pathlib.Path(ready_file).write_text(str(port))
+            ports = [str(port)] + ([str(server.rest.port)] if server.rest is not None else [])
+            pathlib.Path(ready_file).write_text("\n".join(ports))
         while not stop_requested.wait(0.5):
             pass
         server.stop(grace_s)

@@ -2,7 +2,8 @@
 
 Both ends move full windows (67.5 MB in float32), so the hot path is one `tobytes()` into
 `tensor_content` and one `np.frombuffer` out of it. Repeated-value fields (`float_val`,
-`half_val`, ..., which the REST bridge and some clients send) are decoded too.
+`half_val`, ..., which the REST bridge and some clients send) are decoded too. String
+tensors (DT_STRING, `string_val`) are numpy object arrays of `bytes`.
 """
 
 import numpy as np
@@ -55,6 +56,8 @@ def ndarray_to_tensor_proto(array, out: tensor_pb2.TensorProto | None = None) ->
     copy a full window's bytes once more (about 70 ms for 67.5 MB on the project machines).
     """
     array = np.asarray(array)
+    if array.dtype == object or array.dtype.kind in "SU":
+        return _strings_to_tensor_proto(array, out)
     dtype = array.dtype.newbyteorder("=") if array.dtype.byteorder == ">" else array.dtype
     if dtype not in DTYPE_BY_NUMPY:
         raise TypeError(f"Unsupported array dtype for a TensorProto. Received: {array.dtype}")
@@ -67,8 +70,23 @@ def ndarray_to_tensor_proto(array, out: tensor_pb2.TensorProto | None = None) ->
     return proto
 
 
+def _strings_to_tensor_proto(array: np.ndarray, out: tensor_pb2.TensorProto | None) -> tensor_pb2.TensorProto:
+    """DT_STRING: one `string_val` per element (str is encoded as UTF-8)."""
+    values = [v.encode("utf-8") if isinstance(v, str) else v for v in array.ravel().tolist()]
+    if not all(isinstance(v, bytes) for v in values):
+        raise TypeError("Unsupported object array for a TensorProto: its elements must be bytes or str")
+    proto = tensor_pb2.TensorProto() if out is None else out
+    proto.Clear()
+    proto.dtype = types_pb2.DT_STRING
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=int(n)) for n in array.shape)
+    proto.string_val.extend(values)
+    return proto
+
+
 def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """Decode a TensorProto; raises TensorDecodeError when its contents disagree with it."""
+    if proto.dtype == types_pb2.DT_STRING:
+        return _string_tensor_to_ndarray(proto)
     dtype = NUMPY_BY_DTYPE.get(proto.dtype)
     if dtype is None:
         raise TensorDecodeError(f"unsupported dtype {dtype_name(proto.dtype)}")
@@ -99,3 +117,16 @@ def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
         return np.concatenate([flat, np.full(count - flat.size, fill, dtype)]).reshape(shape)
     raise TensorDecodeError(f"{_VALUE_FIELD[proto.dtype]} holds {flat.size} values but shape "
                             f"{list(shape)} has {count} elements")
+
+
+def _string_tensor_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    shape = proto_shape(proto)
+    if shape is None or any(n < 0 for n in shape):
+        raise TensorDecodeError(f"tensor_shape is unknown or negative: {shape}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(proto.string_val) != count:
+        raise TensorDecodeError(f"string_val holds {len(proto.string_val)} values but shape "
+                                f"{list(shape)} has {count} elements")
+    flat = np.empty(count, dtype=object)
+    flat[:] = list(proto.string_val)  # element-wise: np.array would make a fixed-width bytes array
+    return flat.reshape(shape)

@@ -12,9 +12,16 @@ same dtype as in training (float16 by default) and cast to float32, so a served 
 equals the training window bit for bit. The run is then cut into consecutive
 non-overlapping T-frame windows.
 
+A model trained on confound-regressed or scrubbed data (`tfbrain prepare --confounds ...
+--fd-threshold ...`) needs the run's fMRIPrep confounds table (`confounds=`): the recorded
+strategy and FD threshold are applied to it, and with scrubbing the windows are cut from each
+kept contiguous segment separately, as the training windows were (no window straddles a removed
+frame). `nifti_windows` says which source frames and segment each window came from.
+
 Letters: N windows, D/H/W space, T frames, C channels.
 """
 
+import dataclasses
 import json
 import pathlib
 
@@ -31,21 +38,89 @@ def preprocessing_from_file(path) -> dict:
     return payload
 
 
-def windows_from_nifti(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
-                       max_windows: int | None = None) -> np.ndarray:
-    """Consecutive non-overlapping windows (N, D, H, W, T, 1) of a 4D NIfTI run, preprocessed
-    as `tfbrain prepare` would with `preprocessing` (default: its defaults)."""
+@dataclasses.dataclass(frozen=True)
+class NiftiWindows:
+    """Windows of a NIfTI run and where each came from.
+
+    Attributes:
+        windows: (N, D, H, W, T, 1) float32.
+        frames: (N, 2) int `[start, stop)` source frame indices of each window, on the run's
+            own timeline (frame 0 is the NIfTI's first volume).
+        segment: (N,) int, 1-based index into `segments` of each window's segment.
+        segments: [(start, stop), ...] the kept contiguous segments of source frames (one,
+            the whole run, without scrubbing); a segment shorter than a window gives none.
+    """
+
+    windows: np.ndarray
+    frames: np.ndarray
+    segment: np.ndarray
+    segments: list
+
+
+def nifti_windows(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
+                  max_windows: int | None = None, confounds: str | pathlib.Path | None = None,
+                  mask: str | pathlib.Path | None = None) -> NiftiWindows:
+    """Consecutive non-overlapping windows of a 4D NIfTI run, preprocessed as `tfbrain prepare`
+    would with `preprocessing` (default: its defaults), with their source frames.
+
+    Args:
+        confounds: the run's fMRIPrep `*_desc-confounds_timeseries.tsv[.gz]`; required when
+            `preprocessing` regresses confounds or scrubs (`confounds` / `fd_threshold`), refused
+            otherwise (it would be silently unused).
+        mask: the run's brain mask (fMRIPrep's `*_desc-brain_mask.nii.gz`), when the training
+            runs had one; else the mask is derived by the recorded `mask_method`.
+    """
+    from tfrecords_tools.confounds import contiguous_segments
+    from tfrecords_tools.errors import BadInputError
     from tfrecords_tools.preprocess import PreprocessConfig, prepare_run
 
     depth, height, width, frames, channels = window_shape
     if channels != 1:
         raise ValueError(f"A NIfTI run gives one channel. Received: window_shape={window_shape}")
-    settings = {**(preprocessing or {}), "target_shape": (depth, height, width),
-                "min_frames": frames}
+    settings = {**(preprocessing or {}), "target_shape": (depth, height, width)}
+    # with scrubbing, `min_frames` decides which short segments are dropped, and so the frames
+    # the regression and the normalisation are fit on: keep the recorded value for equal windows
+    if settings.get("fd_threshold") is None or "min_frames" not in settings:
+        settings["min_frames"] = frames
     config = PreprocessConfig(**settings)
-    _, frame_iter = prepare_run(str(path), config)
-    volume = np.stack(list(frame_iter), axis=-1).astype(np.float32)  # (D, H, W, T_run)
-    return windows_from_volume(volume, frames, max_windows)
+    if config.uses_confounds_file and not confounds:
+        raise BadInputError(str(path), "the model's training data regressed confounds / scrubbed "
+                                       f"(confounds={'+'.join(config.confounds) or 'none'}, "
+                                       f"fd_threshold={config.fd_threshold}): pass the run's fMRIPrep "
+                                       "*_desc-confounds_timeseries.tsv (tfbrain predict --confounds FILE)")
+    if confounds and not config.uses_confounds_file:
+        raise BadInputError(str(confounds), "a confounds table was given, but the preprocessing regresses no "
+                                            "confounds and scrubs nothing (pass the training dataset's "
+                                            "dataset.json as the preprocessing, or drop the table)")
+    metadata, frame_iter = prepare_run(str(path), config, mask_path=str(mask) if mask else None,
+                                       confounds_path=str(confounds) if confounds else None)
+    volume = np.stack(list(frame_iter), axis=-1).astype(np.float32)  # (D, H, W, K) kept frames
+    kept = np.asarray((metadata.get("confounds") or {}).get("frames_kept", range(volume.shape[-1])))
+    segments = contiguous_segments(kept)  # the kept frames are whole segments, in order
+    windows, spans, owners = [], [], []
+    row = 0  # first row of `volume` that belongs to the current segment
+    for index, (start, stop) in enumerate(segments, start=1):
+        for offset in range(0, (stop - start) // frames * frames, frames):
+            windows.append(volume[..., row + offset:row + offset + frames])  # (D, H, W, T)
+            spans.append((start + offset, start + offset + frames))
+            owners.append(index)
+        row += stop - start
+    if not windows:
+        raise ValueError(f"{path}: no kept segment has {frames} frames for a window (segments "
+                         f"{[list(s) for s in segments]})")
+    count = min(len(windows), max_windows) if max_windows else len(windows)
+    return NiftiWindows(windows=np.stack(windows[:count])[..., None],  # (N, D, H, W, T, 1)
+                        frames=np.asarray(spans[:count], np.int64).reshape(-1, 2),
+                        segment=np.asarray(owners[:count], np.int64), segments=segments)
+
+
+def windows_from_nifti(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
+                       max_windows: int | None = None, confounds: str | pathlib.Path | None = None,
+                       mask: str | pathlib.Path | None = None) -> np.ndarray:
+    """Consecutive non-overlapping windows (N, D, H, W, T, 1) of a 4D NIfTI run, preprocessed
+    as `tfbrain prepare` would with `preprocessing` (default: its defaults); `confounds` and
+    `mask` as in `nifti_windows`."""
+    return nifti_windows(path, window_shape, preprocessing, max_windows, confounds, mask).windows
 
 
 def windows_from_volume(volume: np.ndarray, frames: int, max_windows: int | None = None) -> np.ndarray:
@@ -77,16 +152,27 @@ def windows_from_dataset(dataset_dir, window_shape: tuple[int, ...], split: str 
 
 
 def load_windows(path, window_shape: tuple[int, ...], preprocessing: dict | None = None,
-                 max_windows: int | None = None, split: str | None = None) -> np.ndarray:
+                 max_windows: int | None = None, split: str | None = None,
+                 confounds: str | pathlib.Path | None = None,
+                 return_frames: bool = False, mask: str | pathlib.Path | None = None):
     """Windows from a converted dataset folder, a .nii/.nii.gz run, a .npy array or a .npz
     (key "fmri" or its only array). `split` selects a dataset split; `preprocessing`
-    (dataset.json's settings) applies to NIfTI."""
+    (dataset.json's settings), `confounds` (the run's fMRIPrep table) and `mask` (its brain
+    mask) apply to NIfTI.
+
+    With `return_frames`, returns (windows, provenance): a NIfTI's `NiftiWindows` (its
+    `windows` field cut to `max_windows`), else None."""
     path = pathlib.Path(path)
     name = path.name.lower()
+    provenance = None
+    if (confounds or mask) and not name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: a confounds table or a mask applies to a .nii/.nii.gz run only (a "
+                         "converted dataset has them applied already)")
     if path.is_dir():
         windows = windows_from_dataset(path, window_shape, split, max_windows)
     elif name.endswith((".nii", ".nii.gz")):
-        windows = windows_from_nifti(path, window_shape, preprocessing, max_windows)
+        provenance = nifti_windows(path, window_shape, preprocessing, max_windows, confounds, mask)
+        windows = provenance.windows
     elif name.endswith(".npy"):
         windows = np.load(path)
     elif name.endswith(".npz"):
@@ -103,4 +189,5 @@ def load_windows(path, window_shape: tuple[int, ...], preprocessing: dict | None
     if tuple(windows.shape[1:]) != tuple(window_shape):
         raise ValueError(f"{path}: windows have shape {tuple(windows.shape[1:])}, the model expects "
                          f"{tuple(window_shape)}")
-    return windows[:max_windows] if max_windows else windows
+    windows = windows[:max_windows] if max_windows else windows
+    return (windows, provenance) if return_frames else windows

@@ -329,7 +329,7 @@ def _signature_summary(functions: dict) -> dict:
 def export_model(model: keras.Model, model_base, model_name: str, version: int | None = None, *,
                  metadata: dict | None = None, source: str | None = None, warmup: bool = True,
                  write_server_config: bool = True, container_base: str = "/models",
-                 overwrite: bool = False) -> pathlib.Path:
+                 overwrite: bool = False, progress: bool = False) -> pathlib.Path:
     """Export `model` to MODEL_BASE/MODEL_NAME/VERSION and return that folder.
 
     Args:
@@ -345,6 +345,8 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
             MODEL_BASE/batching_parameters.txt if it is missing.
         container_base: the model base path as the server sees it (in models.config).
         overwrite: replace an existing version folder instead of refusing.
+        progress: a bar over the export's stages on stderr (when it is a terminal); tracing
+            and writing the signatures is the long one.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name or ""):
         raise ValueError("`model_name` must be letters, digits, '.', '_' or '-'. "
@@ -358,6 +360,9 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
         raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) or another version")
     if hasattr(model, "for_serving"):
         model = model.for_serving()  # e.g. the selective scan's non-XLA loop
+    from tfbrain.training.progress import progress_bar
+
+    stages = progress_bar(3 + int(warmup), "export", "stage", enabled=progress)
     functions = build_serving_functions(model)
     if _is_task(model):
         task = model.task_metadata()
@@ -368,14 +373,22 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
     with atomic_folder(target, replace=overwrite) as staged:
         archive = keras.export.ExportArchive()
         archive.track(model)
+        stages.set_postfix_str(f"tracing {len(functions)} signatures")
         for name, fn in functions.items():
             archive.add_endpoint(name=name, fn=fn)
+        stages.update(1)
+        stages.set_postfix_str("writing the SavedModel")
         archive.write_out(str(staged), verbose=False)
+        stages.update(1)
+        stages.set_postfix_str("checking it is servable")
         check_servable(staged)
+        stages.update(1)
         extra = staged / "assets.extra"
         extra.mkdir(exist_ok=True)
         if warmup:
+            stages.set_postfix_str("warm-up requests")
             write_warmup_requests(extra / WARMUP_FILE, model_name, functions)
+            stages.update(1)
         info = {
             "model_name": model_name,
             "version": version,
@@ -397,6 +410,7 @@ def export_model(model: keras.Model, model_base, model_name: str, version: int |
         batching = pathlib.Path(model_base) / BATCHING_FILE
         if not batching.exists():
             atomic_write_text(batching, batching_parameters_text(**DEFAULT_BATCHING))
+    stages.close()
     return target
 
 

@@ -135,7 +135,10 @@ def resolve_run_folder(path) -> tuple[pathlib.Path, str | None]:
     """A model folder from what a user passes as `--model`: a preset folder as is, or a
     training run folder -> its `best/`, else its `final/` (with a note saying why)."""
     path = pathlib.Path(str(path)).expanduser()
-    if (path / CONFIG_FILE).exists() or not path.is_dir():
+    # a run folder has a config.json too (the training config): look for best/ and final/
+    # before taking a folder with a config.json for a preset
+    is_run = (path / "best" / CONFIG_FILE).exists() or (path / "final" / CONFIG_FILE).exists()
+    if (path / CONFIG_FILE).exists() and not is_run or not path.is_dir():
         return path, None
     if (path / "best" / CONFIG_FILE).exists():
         return path / "best", None

@@ -10,8 +10,8 @@ See docs/tfrecords_tools.md for the record schema and dataset.json.
 
 from tfrecords_tools.errors import BadInputError
 from tfrecords_tools.preprocess import PreprocessConfig, prepare_run
-from tfrecords_tools.reader import (num_windows, read_frames, run_info, split_names,
-                                    window_index, windows)
+from tfrecords_tools.reader import (num_windows, original_run_key, read_frames, run_info, run_segments,
+                                    split_names, window_index, windows)
 from tfrecords_tools.schema import load_dataset_info
 from tfrecords_tools.sources import Run, runs_from_bids, runs_from_files, runs_from_table
 from tfrecords_tools.splits import load_splits, make_splits, save_splits
@@ -21,7 +21,8 @@ from tfrecords_tools.writer import ConversionSummary, convert
 def to_original_space(volume, dataset_dir: str, run: str, fill: float = 0.0):
     """Write a (D, H, W[, K]) map on the stored grid back into `run`'s original NIfTI space.
 
-    `run` is a run key or the id of a subject with one run. Returns a nibabel image.
+    `run` is a run key, the id of a subject with one run, or the original key of a run that
+    scrubbing split into segments (they share one grid). Returns a nibabel image.
     """
     from tfrecords_tools.preprocess import to_original_space as _to_original_space
 
@@ -29,6 +30,7 @@ def to_original_space(volume, dataset_dir: str, run: str, fill: float = 0.0):
 
 
 __all__ = ["BadInputError", "ConversionSummary", "PreprocessConfig", "Run", "convert", "load_dataset_info",
-           "load_splits", "make_splits", "num_windows", "prepare_run", "read_frames", "run_info",
+           "load_splits", "make_splits", "num_windows", "original_run_key", "prepare_run", "read_frames",
+           "run_info", "run_segments",
            "runs_from_bids", "runs_from_files", "runs_from_table", "save_splits", "to_original_space",
            "windows"]

@@ -3,6 +3,9 @@
 Examples:
     tfbrain prepare --bids /data/ds000030/derivatives/fmriprep --task rest \
         --space MNI152NLin2009cAsym --label-column diagnosis -o /data/ds30_tfr
+    tfbrain prepare --bids /data/ds/derivatives/fmriprep --participant-label 01 02 --task rest \
+        --space MNI152NLin2009cAsym --confounds motion24+wm_csf+cosine --fd-threshold 0.5 \
+        --orientation ras -o /data/ds_clean_tfr
     tfbrain prepare --table subjects.csv --label-column sex -o /data/cohort_tfr --workers 4
     tfbrain prepare run1.nii.gz run2.nii.gz -o /tmp/tfr --target-shape 96 96 96
 """
@@ -15,11 +18,19 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("inputs (one of)")
     source.add_argument("files", nargs="*", help="4D NIfTI files (subject id = file name)")
-    source.add_argument("--table", help="CSV/TSV with columns path, subject[, run, mask, events, <label>]")
+    source.add_argument("--table", help="CSV/TSV[.gz] with columns path, subject[, run, mask, events, confounds, <label>]")
     source.add_argument("--bids", help="BIDS raw or fMRIPrep derivatives folder")
-    source.add_argument("--task", help="BIDS task filter")
-    source.add_argument("--space", help="BIDS space filter (fMRIPrep)")
-    source.add_argument("--participants", help="participants.tsv (default: <bids>/participants.tsv)")
+    bids = parser.add_argument_group("BIDS filters (with --bids; each takes one or more labels)")
+    bids.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                      help="participants to keep, e.g. 01 02 (or sub-01 sub-02)")
+    bids.add_argument("--session", nargs="+", metavar="LABEL", help="ses- labels to keep")
+    bids.add_argument("--task", nargs="+", metavar="LABEL", help="task- labels to keep")
+    bids.add_argument("--acq", nargs="+", metavar="LABEL", help="acq- labels to keep")
+    bids.add_argument("--run", nargs="+", metavar="INDEX", help="run- indices to keep (1 and 01 are one run)")
+    bids.add_argument("--space", nargs="+", metavar="LABEL", help="space- labels to keep (fMRIPrep)")
+    bids.add_argument("--desc", nargs="+", metavar="LABEL", help="desc- labels to keep (fMRIPrep: preproc)")
+    source.add_argument("--participants",
+                        help="participants.tsv[.gz] (default: <bids>/participants.tsv or .tsv.gz)")
     source.add_argument("--path-column", default="path")
     source.add_argument("--subject-column", default="subject")
     parser.add_argument("-o", "--output", required=True, help="dataset folder (resumes if it exists)")
@@ -45,6 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pre.add_argument("--center-on", default="brain", choices=("brain", "array"))
     pre.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     pre.add_argument("--min-frames", type=int, default=20, help="runs shorter than this are bad input")
+    pre.add_argument("--orientation", default="stored", choices=("stored", "ras"),
+                     help="ras: permute/flip voxel axes to the closest RAS+ first (exact; recorded, undone by "
+                          "to_original_space), so runs stored in other orientations give the same windows")
+    pre.add_argument("--confounds", metavar="STRATEGY",
+                     help="regress fMRIPrep confounds out of every brain voxel: components joined by '+' "
+                          "among motion6, motion12, motion24, wm_csf, global_signal, cosine (or 'simple' = "
+                          "motion24+wm_csf+cosine); needs each run's *_desc-confounds_timeseries.tsv[.gz]")
+    pre.add_argument("--fd-threshold", type=float, metavar="MM",
+                     help="scrub frames with framewise_displacement above MM (e.g. 0.5); each remaining "
+                          "contiguous piece of >= --min-frames frames is stored as its own run <key>_seg-<i>")
     out = parser.add_argument_group("output")
     out.add_argument("--compression", default="GZIP", choices=("GZIP", "none"))
     out.add_argument("--shard-size-mb", type=float, default=128.0)
@@ -75,10 +96,16 @@ def run(args: argparse.Namespace) -> int:
     if sum(chosen) != 1:
         print("error: give exactly one of: NIfTI files, --table, --bids", file=sys.stderr)
         return 2
+    bids_filters = {"participant_label": args.participant_label, "session": args.session, "task": args.task,
+                    "acq": args.acq, "run": args.run, "space": args.space, "desc": args.desc}
+    given = [f"--{name.replace('_', '-')}" for name, value in bids_filters.items() if value]
+    if given and not args.bids:
+        print(f"error: {', '.join(given)} filter BIDS entities and need --bids", file=sys.stderr)
+        return 2
     try:
         if args.bids:
-            runs = tt.runs_from_bids(args.bids, task=args.task, space=args.space, label_column=args.label_column,
-                                     participants=args.participants, use_events=args.events)
+            runs = tt.runs_from_bids(args.bids, label_column=args.label_column, participants=args.participants,
+                                     use_events=args.events, **bids_filters)
         elif args.table:
             runs = tt.runs_from_table(args.table, path_column=args.path_column, subject_column=args.subject_column,
                                       label_column=args.label_column)
@@ -90,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             target_shape=None if args.keep_shape else tuple(args.target_shape), voxel_size=args.voxel_size,
             mask_method=args.mask_method, mask_threshold=args.mask_threshold, normalization=args.normalization,
             background=args.background, center_on=args.center_on, dtype=args.dtype, min_frames=args.min_frames,
-            detrend_order=args.detrend_order)
+            detrend_order=args.detrend_order, confounds=args.confounds or (), fd_threshold=args.fd_threshold,
+            orientation=args.orientation)
         summary = tt.convert(
             runs, args.output, config=config, compression="" if args.compression == "none" else "GZIP",
             shard_size_mb=args.shard_size_mb, workers=args.workers, skip_bad=args.skip_bad,

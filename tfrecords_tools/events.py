@@ -9,6 +9,7 @@ A window's label is then the majority of its frames' labels (ties go to the stim
 """
 
 import csv
+import gzip
 import logging
 from typing import Optional, Sequence
 
@@ -20,11 +21,11 @@ REST = "rest"
 
 
 def read_events(path: str) -> list[tuple[float, float, str]]:
-    """(onset, duration, trial_type) rows of a BIDS events.tsv."""
+    """(onset, duration, trial_type) rows of a BIDS events.tsv (or .tsv.gz)."""
     try:
-        with open(path, newline="") as f:
+        with (gzip.open(path, "rt", newline="") if str(path).endswith(".gz") else open(path, newline="")) as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
-    except OSError as error:
+    except (OSError, EOFError, UnicodeDecodeError) as error:
         raise BadInputError(path, f"cannot read events file ({error})") from None
     if not rows or not {"onset", "duration", "trial_type"} <= set(rows[0]):
         raise BadInputError(path, "events.tsv needs columns onset, duration, trial_type")

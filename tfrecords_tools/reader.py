@@ -9,6 +9,7 @@ optional batch (static shapes, drop_remainder) -> prefetch.
 Letters: D/H/W space, T frames of a window.
 """
 
+import re
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -33,7 +34,8 @@ def _select_runs(info: dict, dataset_dir: str, split: Optional[str], splits_file
         runs = [r for r in runs if r["subject"] in keep]
     if subjects is not None:
         keep = set(subjects)
-        runs = [r for r in runs if r["subject"] in keep or r["key"] in keep]
+        # a scrubbed run's original key names its segments (`<key>_seg-<i>`)
+        runs = [r for r in runs if r["subject"] in keep or r["key"] in keep or original_run_key(r) in keep]
     return runs
 
 
@@ -345,20 +347,78 @@ def windows(dataset_dir: str, split: Optional[str] = None, *, window: int = 20, 
 
 
 def read_frames(dataset_dir: str, run: Optional[str] = None):
-    """All frame records (or one run's) as parsed dicts with the (D, H, W) `volume`, in order."""
+    """All frame records (or one run's) as parsed dicts with the (D, H, W) `volume`, in order.
+
+    `run` is anything `run_segments` resolves; a scrubbed run's segments come one after the other,
+    in frame order."""
     import tensorflow as tf
 
     info = schema.load_dataset_info(dataset_dir)
-    paths = [schema.shard_path(dataset_dir, s["path"]) for s in info["shards"] if run is None or s["run"] == run]
+    keys = [None] if run is None else [r["key"] for r in run_segments(dataset_dir, run, info)]
+    paths = [schema.shard_path(dataset_dir, s["path"]) for key in keys for s in info["shards"]
+             if key is None or s["run"] == key]
     return tf.data.TFRecordDataset(paths, compression_type=info["compression"]).map(
         lambda r: schema.parse_frame(r, info["frame_shape"], info["dtype"]))
 
 
+_SEGMENT_KEY = re.compile(r"^(?P<key>.+)_seg-\d+$")
+
+
+def original_run_key(run: dict) -> str:
+    """The key a run entry had before scrubbing split it into segments (`<key>_seg-<i>` ->
+    `<key>`); a run that was not split keeps its own key."""
+    segment = (run.get("confounds") or {}).get("segment")
+    match = _SEGMENT_KEY.match(run["key"]) if segment is not None else None
+    return match.group("key") if match else run["key"]
+
+
+def run_segments(dataset_dir: str, run: str, info: Optional[dict] = None) -> list[dict]:
+    """The dataset.json entries that hold `run`'s frames, in frame order.
+
+    `run` is a run key (one entry, a segment's too), the original key of a run that scrubbing
+    split into `<key>_seg-<i>` entries (all of them), or a subject id with one run (its entry,
+    or its segments). A subject with several runs is ambiguous: ValueError listing the keys.
+    """
+    info = info or schema.load_dataset_info(dataset_dir)
+    exact = [r for r in info["runs"] if r["key"] == run]
+    if exact:
+        return exact
+    matches = ([r for r in info["runs"] if original_run_key(r) == run]
+               or [r for r in info["runs"] if r["subject"] == run])
+    originals = sorted({original_run_key(r) for r in matches})
+    if len(originals) != 1:
+        listed = ", ".join(r["key"] for r in matches)
+        raise ValueError(f"`run` must name one run of {dataset_dir} (a run key, a scrubbed run's original key, "
+                         f"or a subject with one run). Received: {run!r}, which matches "
+                         f"{len(originals)} runs" + (f" ({listed}); name one of those keys" if listed else ""))
+    # keys sort `_seg-10` before `_seg-2`: order by the first source frame instead
+    return sorted(matches, key=lambda r: (r.get("confounds") or {}).get("segment") or [0])
+
+
+# what must agree across the segments of one run for one entry to stand for all of them: the
+# grid a map is placed back on and the baseline attribution starts from
+_SHARED_BY_SEGMENTS = ("source", "original_shape", "original_affine", "resampled_shape", "resampled_affine",
+                       "offsets", "stored_affine", "reorientation", "mean", "std", "background")
+
+
 def run_info(dataset_dir: str, run: str) -> dict:
-    """A run's dataset.json entry, found by run key or (for a one-run subject) subject id."""
-    info = schema.load_dataset_info(dataset_dir)
-    matches = [r for r in info["runs"] if r["key"] == run] or [r for r in info["runs"] if r["subject"] == run]
-    if len(matches) != 1:
-        raise ValueError(f"`run` must name one run of {dataset_dir} (a run key, or a subject with one run). "
-                         f"Received: {run!r}, which matches {len(matches)}")
-    return matches[0]
+    """A run's dataset.json entry, found by run key or (for a one-run subject) subject id.
+
+    A run that scrubbing split into segments is found by its original key (or its subject) too:
+    the entry returned is the first segment's, under the original key, with `num_frames` the
+    sum over segments, `segments` (their keys, in frame order) and `segment_frames` (their
+    `[start, stop)` source frames). The segments share the grid, normalisation and background,
+    so `to_original_space` and attribution baselines are those of any one of them.
+    """
+    entries = run_segments(dataset_dir, run)
+    if len(entries) == 1:
+        return entries[0]
+    first = entries[0]
+    differing = [name for name in _SHARED_BY_SEGMENTS if any(e.get(name) != first.get(name) for e in entries)]
+    if differing:
+        raise ValueError(f"{dataset_dir}: the segments of {run!r} ({', '.join(e['key'] for e in entries)}) "
+                         f"differ in {differing}; name one segment key")
+    confounds = {**first["confounds"], "segment": None}
+    return {**first, "key": original_run_key(first), "num_frames": sum(e["num_frames"] for e in entries),
+            "confounds": confounds, "segments": [e["key"] for e in entries],
+            "segment_frames": [list(e["confounds"]["segment"]) for e in entries]}

@@ -39,7 +39,7 @@ from tfrecords_tools import events as events_lib
 from tfrecords_tools import schema
 from tfrecords_tools import splits as splits_lib
 from tfrecords_tools.errors import BadInputError
-from tfrecords_tools.preprocess import PreprocessConfig, prepare_run
+from tfrecords_tools.preprocess import PreprocessConfig, prepare_run, written_frames
 from tfrecords_tools.sources import Run, check_runs
 
 logger = logging.getLogger("tfrecords_tools")
@@ -92,9 +92,17 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def input_fingerprint(run: Run) -> dict:
-    """{role: {path, size, mtime_ns, sha256}} of a run's input files (NIfTI, mask, events)."""
+def _input_files(run: Run) -> dict:
     files = {"nifti": run.path, "mask": run.mask_path, "events": run.events_path}
+    if run.confounds_path:  # only when present, so markers written before confounds still match
+        files["confounds"] = run.confounds_path
+    return files
+
+
+def input_fingerprint(run: Run) -> dict:
+    """{role: {path, size, mtime_ns, sha256}} of a run's input files (NIfTI, mask, events,
+    confounds)."""
+    files = _input_files(run)
     out = {}
     for role, path in files.items():
         if not path or "://" in str(path) or not os.path.exists(path):
@@ -110,7 +118,9 @@ def _same_inputs(run: Run, recorded: Optional[dict]) -> bool:
     """Whether `run`'s inputs are those `recorded` (size + mtime, else the sha256 decides)."""
     if not recorded:
         return False
-    files = {"nifti": run.path, "mask": run.mask_path, "events": run.events_path}
+    files = _input_files(run)
+    if "confounds" in recorded and "confounds" not in files:  # a confounds file removed
+        return False
     for role, path in files.items():
         entry = recorded.get(role) or {}
         if bool(entry.get("path")) != bool(path):  # a mask or events file added or removed
@@ -258,7 +268,9 @@ def _convert_one(run: Run, output_dir: str, settings: dict) -> dict:
 
 
 def _convert_checked(run: Run, output_dir: str, settings: dict, config, labels: dict, fingerprint: dict) -> dict:
-    metadata, frames = prepare_run(run.path, config, mask_path=run.mask_path, tr=run.tr)
+    metadata, frames = prepare_run(run.path, config, mask_path=run.mask_path, tr=run.tr,
+                                   confounds_path=run.confounds_path,
+                                   segment=run.segment)
 
     label = float("nan")
     if labels["kind"] == "categorical":
@@ -274,9 +286,11 @@ def _convert_checked(run: Run, output_dir: str, settings: dict, config, labels: 
             raise BadInputError(run.path, "missing events.tsv (labels come from events)")
         if not metadata["tr"]:
             raise BadInputError(run.path, "no repetition time in header or sidecar; needed for events labels")
+        # labelled on the source frames' times, then the written (unscrubbed) frames taken
+        source_frames = (metadata.get("confounds") or {}).get("source_frames", metadata["num_frames"])
         frame_labels = events_lib.frame_labels(
-            run.events_path, metadata["num_frames"], metadata["tr"], labels["vocabulary"],
-            hrf_delay=labels["hrf_delay"], min_coverage=labels["min_coverage"])
+            run.events_path, source_frames, metadata["tr"], labels["vocabulary"],
+            hrf_delay=labels["hrf_delay"], min_coverage=labels["min_coverage"])[written_frames(metadata)]
 
     def records():
         for t, frame in enumerate(frames):
@@ -387,6 +401,10 @@ def _convert_locked(runs, output_dir, config, compression, shard_size_mb, worker
     runs, problems = check_runs(runs, require_labels=require_labels)
     for problem in problems:
         bad(problem)
+    if not config.uses_confounds_file:  # an unused confounds table is no input: its edits redo nothing
+        runs = [dataclasses.replace(r, confounds_path=None) if r.confounds_path else r for r in runs]
+    elif config.fd_threshold is not None:
+        runs = _scrubbed_segments(runs, config, bad)
     if use_events:
         for run in [r for r in runs if not r.events_path]:
             bad(BadInputError(run.path, "missing events.tsv (labels come from events)"))
@@ -463,6 +481,31 @@ def _convert_locked(runs, output_dir, config, compression, shard_size_mb, worker
     summary.bytes = sum(s["bytes"] for s in info["shards"])
     summary.seconds = time.time() - start
     return summary
+
+
+def _scrubbed_segments(runs: Sequence[Run], config: PreprocessConfig, bad) -> list[Run]:
+    """Each run whose scrubbing removes frames becomes one run per contiguous kept segment,
+    keyed `<key>_seg-<i>` (i from 1), so that no window straddles a removed frame; a run that
+    keeps every frame keeps its key. Runs without a confounds file go to `bad`."""
+    from tfrecords_tools import confounds as confounds_lib
+
+    out = []
+    for run in runs:
+        try:
+            if not run.confounds_path:
+                raise BadInputError(run.path, "no confounds file (fMRIPrep *_desc-confounds_timeseries.tsv) "
+                                              f"for --fd-threshold {config.fd_threshold:g}")
+            design = confounds_lib.load_design(run.confounds_path, config.confounds, config.fd_threshold,
+                                               min_segment=config.min_frames)
+        except BadInputError as error:
+            bad(error)
+            continue
+        if design.segments == [(0, design.num_frames)]:
+            out.append(run)
+            continue
+        out += [dataclasses.replace(run, key=f"{run.key}_seg-{i}", segment=segment)
+                for i, segment in enumerate(design.segments, start=1)]
+    return out
 
 
 def _read_marker(path: str) -> Optional[dict]:

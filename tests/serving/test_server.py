@@ -143,8 +143,9 @@ class ServerTest(TestCase):
         request.model_spec.version.CopyFrom(wrappers_pb2.Int64Value(value=5))
         self.assert_status(lambda: self.stub.Predict(request), not_found, r"version 5.*\[1, 2\]")
         request = self.request()
-        request.model_spec.version_label = "stable"
-        self.assert_status(lambda: self.stub.Predict(request), not_found, "label")
+        request.model_spec.version_label = "stable"  # TF-Serving: INVALID_ARGUMENT for an unknown label
+        self.assert_status(lambda: self.stub.Predict(request), grpc.StatusCode.INVALID_ARGUMENT,
+                           "Unrecognized servable version label: 'stable'.*none")
         self.assert_status(lambda: self.stub.Predict(self.request(signature="classify")), not_found,
                            "'classify' not found.*serving_default")
         status_request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="nope"))

@@ -60,3 +60,78 @@ class BIDSTest(TestCase):
         self.assertTrue(all(r.mask_path is None for r in t1w))
         with self.assertRaisesRegex(BadInputError, "no \\*_bold"):
             runs_from_bids(root, task="nback")
+
+
+class FMRIPrepTreeTest(TestCase):
+    """Entity filters, pairing and .tsv.gz tables on a small fMRIPrep tree from the bundled run."""
+
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+
+        from tests.tfrecords_tools.helpers import fmriprep_tree
+
+        cls.root = tempfile.mkdtemp(prefix="fmriprep_")
+        fmriprep_tree(cls.root)
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def keys(self, **filters):
+        return [r.key for r in runs_from_bids(self.root, **filters)]
+
+    def test_parse_bids_name(self):
+        from tfrecords_tools.sources import parse_bids_name
+
+        entities, suffix, extension = parse_bids_name(
+            "sub-01_ses-1_task-rest_acq-mb4_run-2_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.nii.gz")
+        self.assertEqual(entities, {"sub": "01", "ses": "1", "task": "rest", "acq": "mb4", "run": "2",
+                                    "space": "MNI152NLin2009cAsym", "res": "2", "desc": "preproc"})
+        self.assertEqual((suffix, extension), ("bold", ".nii.gz"))
+
+    def test_filters(self):
+        mni = "MNI152NLin2009cAsym"
+        self.assertEqual(len(self.keys()), 7)
+        self.assertEqual(self.keys(participant_label=["01", "sub-03"], task="rest", space=mni),
+                         ["sub-01_task-rest_space-" + mni, "sub-03_task-rest_space-" + mni])
+        self.assertEqual(self.keys(session="2"), ["sub-02_ses-2_task-rest_run-1_space-" + mni])
+        self.assertEqual(self.keys(participant_label="02", run="01"),  # run-1 and run-01 are one run
+                         [f"sub-02_ses-{s}_task-rest_run-1_space-{mni}" for s in (1, 2)])
+        self.assertEqual(self.keys(task="motor"), ["sub-01_task-motor_space-" + mni])
+        self.assertEqual(self.keys(space="T1w"), ["sub-01_task-rest_space-T1w"])
+        self.assertEqual(len(self.keys(desc="preproc", space=[mni, "T1w"])), 7)
+        with self.assertRaisesRegex(BadInputError, r"no run matches participant\(s\) 04 .*participants with "
+                                                   r"runs: 01, 02, 03"):
+            runs_from_bids(self.root, participant_label=["01", "04"])
+        with self.assertRaisesRegex(BadInputError, r"matches ses=3; participants with runs: 01, 02, 03"):
+            runs_from_bids(self.root, session="3")
+
+    def test_pairing_and_gz_tables(self):
+        runs = runs_from_bids(self.root, participant_label=["01", "02"], task="rest", space="MNI152NLin2009cAsym",
+                              label_column="age")  # participants.tsv.gz
+        self.assertEqual([r.label for r in runs], ["30", "41", "41", "41"])
+        self.assertTrue(all(r.mask_path.endswith("_desc-brain_mask.nii.gz") for r in runs))
+        self.assertTrue(runs[0].confounds_path.endswith("sub-01_task-rest_desc-confounds_timeseries.tsv"))
+        self.assertTrue(runs[1].confounds_path.endswith(
+            "sub-02_ses-1_task-rest_run-1_desc-confounds_timeseries.tsv.gz"))
+        t1w = runs_from_bids(self.root, space="T1w")[0]  # no mask of its own, the run's confounds
+        self.assertIsNone(t1w.mask_path)
+        self.assertEqual(t1w.confounds_path, runs[0].confounds_path)
+
+    def test_gz_table_and_events(self):
+        import gzip
+
+        from tfrecords_tools.events import read_events
+
+        path = os.path.join(self.get_temp_dir(), "cohort.tsv.gz")
+        with gzip.open(path, "wt") as f:
+            f.write("subject\tpath\tage\nsub-01\ta.nii.gz\t30\n")
+        runs = runs_from_table(path, label_column="age")
+        self.assertEqual((runs[0].subject, runs[0].label), ("sub-01", "30"))
+        events = os.path.join(self.get_temp_dir(), "x_events.tsv.gz")
+        with gzip.open(events, "wt") as f:
+            f.write("onset\tduration\ttrial_type\n0\t2\tface\n")
+        self.assertEqual(read_events(events), [(0.0, 2.0, "face")])

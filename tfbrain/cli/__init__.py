@@ -19,8 +19,8 @@ SUBCOMMANDS = {
     "evaluate": ("tfbrain.cli.evaluate", "evaluate a trained model on a split of its dataset"),
     "attribute": ("tfbrain.cli.attribute", "Integrated-Gradients map of a subject, as NIfTI"),
     "export": ("tfbrain.cli.export", "export a preset or checkpoint as a TF-Serving SavedModel version"),
-    "serve": ("serving.cli", "serve exported SavedModels over gRPC (local PredictionService)"),
-    "predict": ("serving.client_cli", "send windows to a TF-Serving gRPC endpoint"),
+    "serve": ("serving.cli", "serve exported SavedModels over gRPC and REST (local PredictionService)"),
+    "predict": ("serving.client_cli", "send windows to a TF-Serving endpoint (gRPC, or REST with --rest)"),
     "presets": ("tfbrain.cli.presets", "list model families, variants, task types and named presets"),
 }
 

@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", help="write the JSON report here")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
                         help="XLA-compile the forward pass (default off)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (it is drawn on stderr only when that is a terminal)")
 
 
 def model_run_config(model_dir: str, dataset: str | None = None):
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_preset(args.model)
     datasets = make_datasets(config, type(model), family_of_backbone(model.backbone).input_kind)
     try:
-        report = evaluate_model(model, datasets, args.split, args.jit)
+        report = evaluate_model(model, datasets, args.split, args.jit,
+                                progress=not args.quiet)
     except Exception as error:  # a corrupt or misplaced shard: one line naming it
         from tfbrain.training.trainer import _explain_read_error
 

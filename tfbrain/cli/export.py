@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave MODEL_BASE/models.config and batching_parameters.txt alone")
     parser.add_argument("--container-base", default="/models",
                         help="MODEL_BASE as the server container sees it, for models.config (default: /models)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (it is drawn on stderr only when that is a terminal)")
 
 
 def default_name(source: str) -> str:
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or default_name(args.source)
     path = export_preset(args.source, args.model_base, name, args.version, warmup=not args.no_warmup,
                          write_server_config=not args.no_server_config,
-                         container_base=args.container_base, overwrite=args.overwrite)
+                         container_base=args.container_base, overwrite=args.overwrite,
+                         progress=not args.quiet)
     info = json.loads((path / "assets.extra" / EXPORT_METADATA_FILE).read_text())
     print(f"exported {args.source} as model {name!r} version {info['version']} to {path}")
     for signature, spec in info["signatures"].items():

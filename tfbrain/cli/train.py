@@ -7,7 +7,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="TOML config (see docs/training.md)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field (repeatable), e.g. --set optim.epochs=2")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (drawn on stderr only when that is a terminal) "
+                             "and no per-epoch lines")
     rerun = parser.add_mutually_exclusive_group()
     rerun.add_argument("--resume", action="store_true",
                        help="continue the run in [run] output_dir although its config differs")

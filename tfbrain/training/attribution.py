@@ -13,9 +13,19 @@ Right by construction:
     predicted class of each window otherwise, the prediction of a regressor).
 
 The map of one window is summed over its frames; a run's map is the mean over its windows,
-`(D, H, W)` on the stored grid, then placed into the run's original grid with the offsets
-and affine recorded at conversion.
+`(D, H, W)` on the stored grid, by default pooled to the backbone's input patches (the
+finest resolution the model tells apart, `pool_to_patches`), then placed into the run's
+original grid with the offsets and affine recorded at conversion. A run that scrubbing split
+into segments is one run here (by its original key or its subject): the mean is over the
+windows of all its segments, which share one grid, and `window_frames` gives each window's
+source frames on the run's timeline.
+
+Group maps (`write_group_attribution`) average runs voxel by voxel in their common original
+grid, or contrast one class against the others; `group_attribution` checks the grid and
+makes atlas parcel tables.
 """
+
+import os
 
 import numpy as np
 
@@ -77,24 +87,75 @@ def resolve_targets(model, target, class_names: list | None) -> list:
     return [(f"unit{int(target)}", int(target))]
 
 
+def attribution_patch(model) -> tuple[int, int, int] | None:
+    """The spatial size of the backbone's non-overlapping input patches, the finest
+    resolution at which the model tells voxels apart; None when it has none (a conv stem,
+    overlapping tubelets): maps then stay voxel-level."""
+    backbone = getattr(model, "backbone", model)
+    size = getattr(backbone, "patch_size", None)
+    stride = getattr(backbone, "patch_stride", None) or size
+    if size is None or len(size) < 3 or tuple(stride)[:3] != tuple(size)[:3]:
+        return None
+    return tuple(int(s) for s in size[:3])
+
+
+def pool_to_patches(attribution: np.ndarray, mask: np.ndarray, patch) -> np.ndarray:
+    """Each patch's mean attribution (its total over its volume) on its brain voxels,
+    `(D, H, W)`; voxels outside `mask` stay 0.
+
+    Why: the patch embedding is the model's first layer, so inside a patch a voxel's IG is
+    its own (noisy) value times its kernel weight: finer than the patch, the map shows the
+    input's noise, not what the model uses. Patches compare by their totals (what the model
+    attributes to each token): dividing by the brain voxels instead would make a patch with
+    4 brain voxels at the edge look 16 times as dense as its total. The part of an edge
+    patch's total outside the brain is not drawn."""
+    shape = attribution.shape
+    grid = [-(-n // p) for n, p in zip(shape, patch)]  # patches per axis (a last partial one)
+    index = np.indices(shape) // np.asarray(patch)[:, None, None, None]  # (3, D, H, W)
+    patch_of_voxel = np.ravel_multi_index(tuple(index), grid)  # (D, H, W)
+    totals = np.bincount(patch_of_voxel.ravel(), weights=attribution.ravel(),
+                         minlength=int(np.prod(grid)))
+    volumes = np.bincount(patch_of_voxel.ravel(), minlength=int(np.prod(grid)))
+    return (totals / np.maximum(volumes, 1))[patch_of_voxel] * mask
+
+
 def run_attribution(model, dataset_dir: str, run: str, window: int, stride: int | None = None,
                     steps: int = 32, target=None, class_names: list | None = None,
-                    progress: bool = False) -> tuple[dict, dict]:
+                    progress: bool = False, bar=None,
+                    resolution: str = "patch") -> tuple[dict, dict]:
     """Per target, the mean over a run's windows of IG summed over frames, `(D, H, W)` and
-    masked to the brain; and details."""
+    masked to the brain; and details. `resolution` "patch" pools the map to the backbone's
+    input patches (`pool_to_patches`; voxel-level when it has none), "voxel" keeps IG per
+    voxel. `bar` (a `progress_bar`) is advanced per window and target; without one,
+    `progress` draws this run's own."""
     import tfrecords_tools
+
+    from tfbrain.training.progress import progress_bar
 
     if not getattr(model, "attributable", False):
         raise ValueError(f"{type(model).__name__} ({getattr(model, 'task_type', None)}) has no "
                          "output to attribute (its Task is not `attributable`); Integrated "
                          "Gradients need a model that scores a class or a value")
+    if resolution not in ("patch", "voxel"):
+        raise ValueError(f"`resolution` must be 'patch' or 'voxel'. Received: {resolution!r}")
+    from tfrecords_tools.preprocess import written_frames
+
     info = tfrecords_tools.run_info(dataset_dir, run)
     background = float(info.get("background", 0.0))
     targets = resolve_targets(model, target, class_names)
     output_key = model.output_key
-    dataset = tfrecords_tools.windows(dataset_dir, None, window=window, stride=stride or window,
-                                      shuffle=False, seed=0, subjects=[info["key"]])
-    volumes = [v.numpy() for v, _, _ in dataset]
+    patch = attribution_patch(model) if resolution == "patch" else None
+    stride = stride or window
+    # a scrubbed run's segments are read one by one, so each window keeps its source frames on
+    # the run's own timeline; the map is then the mean over the windows of all segments
+    volumes, window_frames = [], []
+    for segment in tfrecords_tools.run_segments(dataset_dir, run):
+        frames = written_frames(segment)
+        dataset = tfrecords_tools.windows(dataset_dir, None, window=window, stride=stride,
+                                          shuffle=False, seed=0, subjects=[segment["key"]])
+        for index, (volume, _, _) in enumerate(dataset):
+            volumes.append(volume.numpy())
+            window_frames.append([frames[index * stride], frames[index * stride + window - 1] + 1])
     if not volumes:
         raise ValueError(f"{dataset_dir}: run {run!r} has no window of {window} frames")
     # stored brain mask: voxels that leave the recorded background in some frame
@@ -103,7 +164,9 @@ def run_attribution(model, dataset_dir: str, run: str, window: int, stride: int 
         mask |= np.any(volume[..., 0] != np.float32(background), axis=-1)
     maps = {name: [] for name, _ in targets}
     outputs = []
-    bar = _progress(len(volumes) * len(targets), progress, "attribute")
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(len(volumes) * len(targets), "attribute", "window", enabled=progress)
     for volume in volumes:
         out = np.asarray(model(volume[None], training=False)[output_key])[0]
         outputs.append(out.tolist())
@@ -113,35 +176,21 @@ def run_attribution(model, dataset_dir: str, run: str, window: int, stride: int 
                                                output_key=output_key, baseline_value=background)
             maps[name].append(attribution[..., 0].sum(axis=-1) * mask)  # (D, H, W)
             bar.update(1)
-    bar.close()
+    if own_bar:
+        bar.close()
     means = {name: np.mean(m, axis=0) for name, m in maps.items()}
+    if patch is not None:  # pooling is linear: pooling the mean is the mean of pooled maps
+        means = {name: pool_to_patches(m, mask, patch) for name, m in means.items()}
     mean_epi = np.mean([v[..., 0].mean(axis=-1) for v in volumes], axis=0)  # (D, H, W)
-    return means, {"run": info["key"], "num_windows": len(volumes), "outputs": outputs,
+    return means, {"run": info["key"], "segments": info.get("segments", [info["key"]]),
+                   "window_frames": window_frames, "num_windows": len(volumes), "outputs": outputs,
                    "steps": steps, "baseline": background, "mask_voxels": int(mask.sum()),
-                   "targets": [name for name, _ in targets], "mask": mask, "mean": mean_epi}
-
-
-def _progress(total: int, enabled: bool, what: str):
-    class _NoBar:
-        def update(self, n):
-            pass
-
-        def close(self):
-            pass
-
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=what, unit="window")
+                   "targets": [name for name, _ in targets], "mask": mask, "mean": mean_epi,
+                   "resolution": ("patch " + "x".join(map(str, patch))) if patch else "voxel"}
 
 
 def _original_mean_epi(run_info: dict, shape) -> np.ndarray | None:
     """The temporal mean of the run's source NIfTI, if it is still there and fits `shape`."""
-    import os
-
     import nibabel as nib
 
     source = run_info.get("source")
@@ -155,51 +204,202 @@ def _original_mean_epi(run_info: dict, shape) -> np.ndarray | None:
     return np.mean([np.asarray(data[..., t], np.float32) for t in frames], axis=0)
 
 
-def write_attribution(model, dataset_dir: str, run: str, out_path: str, window: int,
-                      stride: int | None = None, steps: int = 32, target=None,
-                      class_names: list | None = None, progress: bool = False) -> dict:
-    """Write the run's IG map(s) as NIfTI in its original space (one volume per target) and
-    on the stored grid (`<out>_grid.npy`, `(D, H, W)` or `(D, H, W, K)`)."""
-    import os
+def _stem(out_path: str) -> str:
+    return out_path.replace(".nii.gz", "").replace(".nii", "")
 
+
+def _save_nifti(image, out_path: str) -> None:
     import nibabel as nib
 
-    import tfrecords_tools
-
-    means, details = run_attribution(model, dataset_dir, run, window, stride, steps, target,
-                                     class_names, progress)
-    stack = np.stack([means[name] for name in details["targets"]], axis=-1).astype(np.float32)
-    grid = stack[..., 0] if stack.shape[-1] == 1 else stack
-    image = tfrecords_tools.to_original_space(grid, dataset_dir, details["run"])
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = f"{out_path}.tmp-{os.getpid()}.nii.gz"
     nib.save(image, tmp)
     os.replace(tmp, out_path)
-    grid_path = out_path.replace(".nii.gz", "").replace(".nii", "") + "_grid.npy"
+
+
+def _write_figures_and_tables(stack: np.ndarray, affine: np.ndarray, brain: np.ndarray,
+                              underlay: np.ndarray, targets: list, out_path: str, title: str,
+                              atlas: str | None, atlas_labels: str | None,
+                              group: bool = False) -> dict:
+    """Per target: a PNG over `underlay` (with matplotlib; a group map adds an axial row,
+    `<out>_axial.png`) and, with an atlas, a parcel CSV. `stack` `(X, Y, Z, K)`, `brain`
+    and `underlay` `(X, Y, Z)`, all on the map's grid."""
+    from tfbrain.training.figures import (attribution_figure, group_attribution_figure,
+                                          have_matplotlib)
+    from tfbrain.training.group_attribution import parcel_table, write_parcel_table
+
+    figures, tables, sampling = [], [], None
+    stem = _stem(out_path)
+    for k, name in enumerate(targets):
+        suffix = "" if len(targets) == 1 else f"_{name}"
+        if have_matplotlib():
+            figures.append(attribution_figure(stack[..., k], underlay, f"{stem}{suffix}.png",
+                                              title=f"{title}: {name}"))
+            if group:
+                figures.append(group_attribution_figure(
+                    stack[..., k], underlay, f"{stem}{suffix}_axial.png", title=f"{title}: {name}"))
+        if atlas:
+            rows, sampling = parcel_table(stack[..., k], affine, brain, atlas, atlas_labels)
+            tables.append(write_parcel_table(f"{stem}{suffix}_parcels.csv", rows))
+    return {"figures": figures, "parcel_tables": tables, "atlas_sampling": sampling}
+
+
+def write_attribution(model, dataset_dir: str, run: str, out_path: str, window: int,
+                      stride: int | None = None, steps: int = 32, target=None,
+                      class_names: list | None = None, progress: bool = False,
+                      atlas: str | None = None, atlas_labels: str | None = None,
+                      resolution: str = "patch") -> dict:
+    """Write the run's IG map(s) as NIfTI in its original space (one volume per target), on
+    the stored grid (`<out>_grid.npy`, `(D, H, W)` or `(D, H, W, K)`), a figure per target
+    (with matplotlib) and, given an `atlas` NIfTI, a parcel table per target
+    (`<out>_parcels.csv`)."""
+    import tfrecords_tools
+
+    if atlas:  # a bad atlas or names file fails before the long part
+        _check_atlas_inputs(atlas, atlas_labels, tfrecords_tools.run_info(dataset_dir, run))
+    means, details = run_attribution(model, dataset_dir, run, window, stride, steps, target,
+                                     class_names, progress, resolution=resolution)
+    stack = np.stack([means[name] for name in details["targets"]], axis=-1).astype(np.float32)
+    grid = stack[..., 0] if stack.shape[-1] == 1 else stack
+    info = tfrecords_tools.run_info(dataset_dir, details["run"])
+    image = tfrecords_tools.to_original_space(grid, dataset_dir, details["run"])
+    _save_nifti(image, out_path)
+    grid_path = _stem(out_path) + "_grid.npy"
     np.save(grid_path, grid)
     mask = details.pop("mask")
     mean_epi = details.pop("mean")
-    figures = []
-    from tfbrain.training.figures import attribution_figure, have_matplotlib
-
-    if have_matplotlib():
-        # drawn in the original space over the run's own mean EPI (the stored frames may be
-        # normalised voxel by voxel, which leaves no anatomy to show)
-        original = np.asarray(image.dataobj, np.float32)
-        original = original[..., None] if original.ndim == 3 else original
-        underlay = _original_mean_epi(tfrecords_tools.run_info(dataset_dir, details["run"]),
-                                      original.shape[:3])
-        if underlay is None:
-            original, underlay = stack, mean_epi
-        stem = out_path.replace(".nii.gz", "").replace(".nii", "")
-        for k, name in enumerate(details["targets"]):
-            suffix = "" if len(details["targets"]) == 1 else f"_{name}"
-            figures.append(attribution_figure(original[..., k], underlay, f"{stem}{suffix}.png",
-                                              title=f"{details['run']}: {name}"))
+    original = np.asarray(image.dataobj, np.float32)
+    original = original[..., None] if original.ndim == 3 else original  # (X, Y, Z, K)
+    brain = np.asarray(tfrecords_tools.to_original_space(mask.astype(np.float32), dataset_dir,
+                                                         details["run"]).dataobj) > 0.5
+    # drawn in the original space over the run's own mean EPI (the stored frames may be
+    # normalised voxel by voxel, which leaves no anatomy to show)
+    underlay = _original_mean_epi(info, original.shape[:3])
+    if underlay is None:
+        underlay = np.asarray(tfrecords_tools.to_original_space(mean_epi, dataset_dir,
+                                                                details["run"]).dataobj)
+    written = _write_figures_and_tables(original, image.affine, brain, underlay,
+                                        details["targets"], out_path, details["run"], atlas,
+                                        atlas_labels)
     magnitude = np.abs(grid if grid.ndim == 3 else grid.sum(axis=-1))
     top = magnitude >= np.quantile(magnitude, 0.99)
-    return {**details, "nifti": out_path, "grid": grid_path, "figures": figures,
+    return {**details, "nifti": out_path, "grid": grid_path, **written,
             "shape": list(image.shape),
             "max_abs": float(magnitude.max()),
             "mass_in_brain": float(magnitude[mask].sum() / max(magnitude.sum(), 1e-30)),
             "top1pct_in_brain": float((top & mask).sum() / max(top.sum(), 1))}
+
+
+def _check_atlas_inputs(atlas: str, atlas_labels: str | None, info: dict) -> None:
+    from tfbrain.training.group_attribution import check_atlas
+
+    check_atlas(atlas, atlas_labels, tuple(info["original_shape"][:3]),
+                np.asarray(info["original_affine"], np.float64))
+
+
+def run_class(info: dict, class_names: list | None, label_groups: dict | None = None) -> str:
+    """The class name of a run (its dataset label, through `[data] label_groups` when the
+    model merged labels); a ValueError for a run without one class."""
+    raw = info.get("raw_label")
+    if info.get("frame_labels") or raw is None:
+        raise ValueError(f"run {info['key']!r} has no single class (unlabelled, or labelled "
+                         "per frame by events); --contrast compares runs by their class")
+    for group, members in (label_groups or {}).items():
+        if raw in members:
+            return group
+    if class_names and raw not in class_names:
+        raise ValueError(f"run {info['key']!r} has label {raw!r}, not a class of this model "
+                         f"({class_names})")
+    return str(raw)
+
+
+def write_group_attribution(model, dataset_dir: str, runs: list[str], out_path: str,
+                            window: int, stride: int | None = None, steps: int = 32,
+                            target=None, class_names: list | None = None,
+                            progress: bool = False, atlas: str | None = None,
+                            atlas_labels: str | None = None, contrast: str | None = None,
+                            label_groups: dict | None = None, resolution: str = "patch") -> dict:
+    """The mean of several runs' IG maps, voxel by voxel in their common original grid
+    (refused, before any gradient, when the runs' recorded shapes or affines differ), written
+    as `write_attribution` writes one run's: NIfTI, figure over the runs' mean EPI, parcel
+    tables with an `atlas`. The mean is signed: what is consistent across subjects stays,
+    a subject's own noise averages out.
+
+    With `contrast` (a class name) the map is the mean over the runs of that class minus the
+    mean over the other runs. With the background baseline each run's map also holds what
+    every brain shares (the path from an empty brain to any brain passes through its
+    anatomy), which dominates a one-class mean; the difference keeps what tells the classes
+    apart (docs/training.md: on a z-scored planted cohort, 22% of the patients' mean's
+    top-1% voxels lay in the planted region, 99% of the contrast's)."""
+    import nibabel as nib
+
+    import tfrecords_tools
+
+    from tfbrain.training.group_attribution import check_common_grid
+    from tfbrain.training.progress import progress_bar
+
+    if not runs:
+        raise ValueError("a group map needs at least one run; the selection is empty")
+    infos = [tfrecords_tools.run_info(dataset_dir, run) for run in runs]
+    keys = [info["key"] for info in infos]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a run is named twice in {runs}")
+    shape, affine = check_common_grid(dataset_dir, infos)
+    in_class = [True] * len(infos)
+    if contrast is not None:
+        if class_names and contrast not in class_names:
+            raise ValueError(f"--contrast {contrast!r} is not a class of this model; classes: "
+                             f"{class_names}")
+        in_class = [run_class(info, class_names, label_groups) == contrast for info in infos]
+        if all(in_class) or not any(in_class):
+            raise ValueError(f"--contrast {contrast!r} needs runs of that class and of another "
+                             f"among the {len(infos)} selected; it has {sum(in_class)} of "
+                             f"{contrast!r}")
+    if atlas:
+        _check_atlas_inputs(atlas, atlas_labels, infos[0])
+    stride = stride or window
+    num_targets = len(resolve_targets(model, target, class_names))
+    total = sum(max(0, (info["num_frames"] - window) // stride + 1) for info in infos)
+    bar = progress_bar(total * num_targets, f"attribute {len(infos)} runs", "window",
+                       enabled=progress)
+    sums = {True: None, False: None}  # running sums of maps (X, Y, Z, K) per side of a contrast
+    brain, underlay, targets, per_run = np.zeros(shape, bool), None, None, []
+    for info, side in zip(infos, in_class):
+        means, details = run_attribution(model, dataset_dir, info["key"], window, stride, steps,
+                                         target, class_names, bar=bar, resolution=resolution)
+        targets = details["targets"]
+        stack = np.stack([means[name] for name in targets], axis=-1).astype(np.float32)
+        original = np.asarray(tfrecords_tools.to_original_space(
+            stack, dataset_dir, info["key"]).dataobj, np.float64)  # (X, Y, Z, K)
+        sums[side] = original if sums[side] is None else sums[side] + original
+        brain |= np.asarray(tfrecords_tools.to_original_space(
+            details["mask"].astype(np.float32), dataset_dir, info["key"]).dataobj) > 0.5
+        epi = _original_mean_epi(info, shape)
+        if epi is None:
+            epi = np.asarray(tfrecords_tools.to_original_space(details["mean"], dataset_dir,
+                                                               info["key"]).dataobj)
+        underlay = epi if underlay is None else underlay + epi
+        per_run.append({"run": info["key"], "num_windows": details["num_windows"],
+                        "outputs": details["outputs"]})
+    bar.close()
+    num_in = sum(in_class)
+    group = sums[True] / num_in  # (X, Y, Z, K)
+    title = f"mean of {len(infos)} runs"
+    if contrast is not None:
+        group = group - sums[False] / (len(infos) - num_in)
+        title = f"{contrast} ({num_in} runs) - others ({len(infos) - num_in} runs)"
+    group = group.astype(np.float32)
+    underlay = underlay / len(infos)
+    image = nib.Nifti1Image(group[..., 0] if group.shape[-1] == 1 else group, affine)
+    _save_nifti(image, out_path)
+    written = _write_figures_and_tables(group, affine, brain, underlay, targets, out_path,
+                                        title, atlas, atlas_labels, group=True)
+    magnitude = np.abs(group.sum(axis=-1))
+    top = magnitude >= np.quantile(magnitude, 0.99)
+    return {"runs": keys, "num_runs": len(keys), "targets": targets, "steps": steps,
+            "resolution": details["resolution"], "map": title, "nifti": out_path, **written, "shape": list(image.shape),
+            "grid": "common original grid", "brain_voxels": int(brain.sum()),
+            "max_abs": float(magnitude.max()),
+            "mass_in_brain": float(magnitude[brain].sum() / max(magnitude.sum(), 1e-30)),
+            "top1pct_in_brain": float((top & brain).sum() / max(top.sum(), 1)),
+            "per_run": per_run}

@@ -169,12 +169,68 @@ EVALUATORS = {
 }
 
 
-def evaluate_model(model, datasets, split: str, jit_compile: bool, num_resamples: int = 1000):
+class _BatchesWithProgress:
+    """An evaluation dataset that advances a progress bar per batch as an evaluator iterates it."""
+
+    def __init__(self, dataset, description: str, batches: int | None = None):
+        self.dataset, self.description, self.batches = dataset, description, batches
+
+    def __iter__(self):
+        from tfbrain.training.progress import progress_bar
+
+        batches = int(self.dataset.cardinality())
+        batches = batches if batches >= 0 else self.batches  # interleaved reads: unknown
+        bar = progress_bar(batches, self.description, "batch")
+        try:
+            for batch in self.dataset:
+                yield batch
+                bar.update(1)
+        finally:
+            bar.close()
+
+
+class _DatasetsWithProgress:
+    """`datasets` whose evaluation splits draw a bar (evaluators only iterate them)."""
+
+    def __init__(self, datasets):
+        self._datasets = datasets
+
+    def __getattr__(self, name):
+        return getattr(self._datasets, name)
+
+    def evaluation(self, split, pairs: bool = False):
+        dataset = self._datasets.evaluation(split, pairs=pairs)
+        if dataset is None:
+            return None
+        return _BatchesWithProgress(dataset, f"evaluating {split}", self._batches(split, pairs))
+
+    def _batches(self, split, pairs) -> int | None:
+        """Batches of a split of fMRI windows, from dataset.json (what `evaluation` yields), so
+        the bar knows the time left; None for other datasets."""
+        if not hasattr(self._datasets, "selection"):
+            return None
+        import tfrecords_tools
+
+        data = self._datasets.config.data
+        reader_split, frames = self._datasets.selection(split)
+        windows = tfrecords_tools.num_windows(data.dataset_dir, reader_split, window=data.window,
+                                              stride=data.eval_stride, pairs=pairs,
+                                              splits_file=self._datasets.splits_file,
+                                              frames=frames)
+        items = windows // 2 if pairs else windows
+        return -(-items // data.eval_batch_size)
+
+
+def evaluate_model(model, datasets, split: str, jit_compile: bool, num_resamples: int = 1000,
+                   progress: bool = False):
     """The report of the Task's evaluator on one split, or None if the split is empty.
-    `num_resamples` bootstrap resamples give the 95% intervals (0: none)."""
+    `num_resamples` bootstrap resamples give the 95% intervals (0: none); `progress` draws a
+    bar with the time left on stderr (when it is a terminal)."""
     if model.evaluator not in EVALUATORS:
         raise ValueError(f"{type(model).__name__} names evaluator {model.evaluator!r}; known: "
                          f"{sorted(EVALUATORS)}")
+    if progress:
+        datasets = _DatasetsWithProgress(datasets)
     return EVALUATORS[model.evaluator](model, datasets, split, jit_compile, num_resamples)
 
 

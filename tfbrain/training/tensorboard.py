@@ -4,7 +4,9 @@
                            (`epoch_loss`, `epoch_accuracy`, ...; validation adds the
                            subject-level ones), learning rate (Keras' TensorBoard callback)
   train/                   weight histograms, gradient histograms (`gradients/<variable>`),
-                           images `slices/{axial,coronal,sagittal}` of an input window
+                           images `slices/{axial,coronal,sagittal}` of an input window (after
+                           voxel-wise normalisation: the run's mean EPI, and the input frame
+                           under `slices_model_input/*`)
   validation/              the Task's images (e.g. MAE reconstructions), an Integrated-
                            Gradients map of a validation window (`attribution/...`)
   test/                    the test split's metrics of `best/`, at the last step
@@ -55,9 +57,13 @@ class GradientHistograms(keras.callbacks.Callback):
 
 def mid_slices(window: np.ndarray) -> dict:
     """Axial, coronal and sagittal mid-slices of frame 0 of a `(D, H, W, T, C)` window,
-    scaled to [0, 1] as `(1, rows, cols, 1)` images (axes D, H, W taken as x, y, z)."""
+    scaled to [0, 1] as `(1, rows, cols, 1)` images (axes D, H, W taken as x, y, z).
+
+    The scale is the 1st-99th percentiles of the voxels above the volume's minimum (the
+    background): with the background in them, a mean EPI's brain is one flat white."""
     volume = np.asarray(window, np.float32)[..., 0, 0]  # (D, H, W)
-    low, high = np.percentile(volume, [1, 99])
+    above = volume[volume > volume.min()]
+    low, high = np.percentile(above if above.size else volume, [1, 99])
     volume = np.clip((volume - low) / max(high - low, 1e-6), 0, 1)
     d, h, w = volume.shape
     slices = {"axial": volume[:, :, w // 2].T[::-1],      # (H, D): z mid
@@ -66,12 +72,50 @@ def mid_slices(window: np.ndarray) -> dict:
     return {k: np.ascontiguousarray(v)[None, :, :, None] for k, v in slices.items()}
 
 
-class BrainSlices(keras.callbacks.Callback):
-    """Mid-slice images of one input window, written once at the start of training."""
+def display_anatomy(dataset_dir: str, run: str) -> tuple[np.ndarray | None, str]:
+    """What the `slices/*` images show for a run, and why: `(None, note)` when a stored frame
+    shows the anatomy itself (z-scored over the brain: one shift and scale per run), or the
+    run's mean EPI on the stored grid `(D, H, W)` after voxel-wise normalisation, where each
+    voxel's time series is z-scored on its own, so a frame is the noise around each voxel's
+    mean and no anatomy is left in the stored data. The mean EPI is read from the run's
+    source NIfTI; when that is gone, the brain mask stands in (and the note says so)."""
+    import tfrecords_tools
+    from tfrecords_tools.preprocess import to_stored_grid
 
-    def __init__(self, log_dir, window):
+    settings = tfrecords_tools.load_dataset_info(dataset_dir)
+    if settings.get("preprocessing", {}).get("normalization") != "voxelwise":
+        return None, ("an input frame, z-scored over the brain (one shift and scale per run), "
+                      "scaled to the 1st-99th percentiles of its brain voxels for display")
+    info = tfrecords_tools.run_info(dataset_dir, run)
+    frame_shape = tuple(settings["frame_shape"])
+    source = info.get("source")
+    if source and os.path.exists(source):
+        import nibabel as nib
+
+        image = nib.load(source)
+        frames = range(0, image.shape[3], max(1, image.shape[3] // 20))  # 20 frames are plenty
+        mean = np.mean([np.asarray(image.dataobj[..., t], np.float32) for t in frames], axis=0)
+        return to_stored_grid(mean, info, frame_shape), (
+            f"the mean EPI of run {info['key']} (its source NIfTI, on the stored grid): this "
+            "dataset is normalised voxel by voxel, so a stored frame (`slices_model_input/*`) "
+            "is each voxel's noise around its own mean and shows no anatomy")
+    mask = np.zeros(frame_shape, np.float32)
+    for frame in tfrecords_tools.read_frames(dataset_dir, run=info["key"]).take(8):
+        mask = np.maximum(mask, (frame["volume"].numpy() != info["background"]).astype(np.float32))
+    return mask, (f"the brain mask of run {info['key']}: this dataset is normalised voxel by "
+                  "voxel, so a stored frame shows no anatomy, and the run's source NIfTI (for "
+                  "its mean EPI) is no longer at " + str(source))
+
+
+class BrainSlices(keras.callbacks.Callback):
+    """Mid-slice images of one input window, written once at the start of training:
+    `slices/*` a view a human recognises (see `display_anatomy`), and, when that is not the
+    input itself, `slices_model_input/*` the frame the model sees."""
+
+    def __init__(self, log_dir, window, anatomy=None, note: str = ""):
         super().__init__()
         self.log_dir, self.window = str(log_dir), np.asarray(window)
+        self.anatomy, self.note = anatomy, note
         self.done = False
 
     def on_train_begin(self, logs=None):
@@ -80,9 +124,19 @@ class BrainSlices(keras.callbacks.Callback):
         if self.done:
             return
         writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        frame_note = ("frame 0 of an input window as the model sees it, scaled to the 1st-99th "
+                      "percentiles of its brain voxels" + (" (voxel-wise z-scored: noise by design)"
+                                       if self.anatomy is not None else ""))
         with writer.as_default(step=0):
-            for name, image in mid_slices(self.window).items():
-                tf.summary.image(f"slices/{name}", image)
+            if self.anatomy is None:
+                for name, image in mid_slices(self.window).items():
+                    tf.summary.image(f"slices/{name}", image, description=self.note or frame_note)
+            else:
+                anatomy = np.asarray(self.anatomy, np.float32)[..., None, None]  # (D, H, W, 1, 1)
+                for name, image in mid_slices(anatomy).items():
+                    tf.summary.image(f"slices/{name}", image, description=self.note)
+                for name, image in mid_slices(self.window).items():
+                    tf.summary.image(f"slices_model_input/{name}", image, description=frame_note)
         writer.flush()
         self.done = True
 
@@ -127,7 +181,11 @@ def tensorboard_callbacks(config, log_dir, datasets, task_model) -> list:
         window = np.asarray(x[0])
         if window.ndim > len(datasets.input_shape):  # two views of a pair: show the first
             window = window[0]
-        callbacks.append(BrainSlices(log_dir, window))
+        anatomy, note = None, ""
+        index = getattr(datasets, "train_index", None)  # fMRI windows: which runs they are
+        if index:
+            anatomy, note = display_anatomy(config.data.dataset_dir, index[0]["run"])
+        callbacks.append(BrainSlices(log_dir, window, anatomy, note))
         callbacks.append(TaskImages(log_dir, task_model, window[None]))
     return callbacks
 
@@ -196,11 +254,13 @@ def write_split_metrics(report: dict, log_dir, run: str, step: int) -> None:
 
 
 def write_attribution_image(model, datasets, log_dir, step: int, steps: int = 16) -> bool:
-    """Integrated Gradients of the first validation (or training) window, summed over frames:
+    """Integrated Gradients of the first validation (or training) window, summed over frames
+    and pooled to the backbone's input patches (`tfbrain attribute`'s default resolution):
     mid-slices beside the input's, in `validation/attribution/*`. Only for attributable Tasks."""
     import tensorflow as tf
 
-    from tfbrain.training.attribution import integrated_gradients
+    from tfbrain.training.attribution import (attribution_patch, integrated_gradients,
+                                              pool_to_patches)
 
     if not getattr(model, "attributable", False):
         return False
@@ -221,7 +281,12 @@ def write_attribution_image(model, datasets, log_dir, step: int, steps: int = 16
     out = np.asarray(model(window[None], training=False)[model.output_key])[0]
     attribution = integrated_gradients(model, window, model.default_attribution_unit(out),
                                        steps=steps, baseline_value=background)
-    magnitude = np.abs(attribution[..., 0].sum(axis=-1))[..., None, None]  # (D, H, W, 1, 1)
+    summed = attribution[..., 0].sum(axis=-1)  # (D, H, W)
+    patch = attribution_patch(model)
+    if patch is not None:  # the resolution `tfbrain attribute` shows by default
+        brain = np.any(window[..., 0] != np.float32(background), axis=-1)  # (D, H, W)
+        summed = pool_to_patches(summed, brain, patch)
+    magnitude = np.abs(summed)[..., None, None]  # (D, H, W, 1, 1)
     writer = tf.summary.create_file_writer(os.path.join(str(log_dir), "validation"))
     with writer.as_default(step=step):
         for name, image in mid_slices(magnitude).items():

@@ -34,7 +34,7 @@ from tfbrain.training.checkpointing import (BestPreset, SimulatedInterruption, S
                                             TrainingState)
 from tfbrain.training.config import TrainConfig
 from tfbrain.training.distribution import build_before_distributed_fit, is_chief, make_strategy
-from tfbrain.training.progress import RunProgbar
+from tfbrain.training.progress import RunProgbar, RunStepBar
 
 __all__ = ["train", "SimulatedInterruption"]
 
@@ -182,8 +182,9 @@ def train(config: TrainConfig, verbose: int = 1, *, resume: bool = False,
                                      config.run.stop_after_steps, write=True)]
         if config.tensorboard.enabled:
             callbacks += tensorboard_callbacks(config, work_dir / "tensorboard", datasets, model)
+        step_bar = RunStepBar(total_steps, steps, start_step)  # draws only on a terminal
         if verbose:
-            callbacks.append(RunProgbar(config.optim.epochs))
+            callbacks += [step_bar, RunProgbar(config.optim.epochs)]
         if verbose:
             print(f"training {model.count_params():,}-parameter {type(model).__name__} "
                   f"({config.task.type}) on {datasets.windows_per_epoch} windows/epoch, "
@@ -202,7 +203,9 @@ def train(config: TrainConfig, verbose: int = 1, *, resume: bool = False,
                 if chief:
                     atomic_write_text(history_path, json.dumps(history, indent=2))
                 state.save(train_model, {"epoch": epoch + 1})
+            step_bar.close()
         except SimulatedInterruption as stop:
+            step_bar.close()
             return {"interrupted": True, "reason": str(stop), "output_dir": str(out),
                     "global_step": int(train_model.optimizer.iterations.numpy())}
 

@@ -174,6 +174,7 @@ def test_fit_two_steps(name, jit_compile):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_export_and_grpc_predict_equal_in_process(name, tmp_path):
     from serving.client import PredictionClient
+    from serving.rest_client import RestPredictionClient
     from serving.server import ModelServer
     from tfbrain import export
 
@@ -181,10 +182,15 @@ def test_export_and_grpc_predict_equal_in_process(name, tmp_path):
     export.export_model(task, tmp_path, name, warmup=True)
     x = example_inputs(task, batch=1)
     expected = {k: np.asarray(v) for k, v in task.serving_outputs(task(x)).items()}
-    with ModelServer({name: tmp_path / name}, port=0) as server:
+    with ModelServer({name: tmp_path / name}, port=0, rest_port=0) as server:
         with PredictionClient(server.target, name) as client:
             served = client.predict(x)
             embedding = client.embed(x)
+        with RestPredictionClient(f"127.0.0.1:{server.rest.port}", name) as rest:
+            served_over_rest = rest.predict(x)  # JSON, one or several named inputs
+    assert sorted(served_over_rest) == sorted(served)
+    for key in served:  # REST and gRPC share one predict path: the same numbers
+        np.testing.assert_array_equal(served_over_rest[key], served[key])
     assert sorted(served) == sorted(expected)
     for key in expected:
         np.testing.assert_allclose(served[key], expected[key], rtol=1e-4, atol=1e-5)
