@@ -1,12 +1,32 @@
-"""Selective-scan benchmark: tfbrain XLA loops vs a NumPy time-major loop and tf.scan.
+"""Selective-scan benchmark: tfbrain's XLA loops against a candidate, NumPy, tf.scan and floors.
 
-Usage: python benchmarks/selective_scan.py [--sizes 1,1536,1024,16 ...] [--repeats 3]
+Usage: python benchmarks/selective_scan.py [--sizes 1,1536,1024,16 ...] [--repeats 5]
+       [--chunk_size 16] [--skip numpy tf.scan]
 
 Inputs are called as in the Mamba block: variable B, C (Bt, N, L), D, z, delta_bias,
 delta_softplus=True, A = -[1..N]. "fwd+bwd" is the output plus the gradients of sum(out) with
-respect to u, delta, A, B, C (one tf.function). Medians of `--repeats` timed calls after one
-warm-up (compile) call; the first-call time is printed too. Prints a table; no assertions.
-The exp floor is B*D*L*N exponentials timed with NumPy (chunks of 16M) on this machine.
+respect to u, delta, A, B, C (one tf.function).
+
+The variants of one size are timed in rotation, call by call (`--repeats` rounds after one
+warm-up/compile call each), so that load from other processes falls on all of them alike.
+Each cell prints the median wall time, the median CPU time of this process (user + system,
+all threads: what the call costs, nearly independent of how many other jobs share the
+cores) and the median 1-minute load average while it ran. A trailing "first" column is the
+first (compiling) call.
+
+"tfbrain fwd" is the upstream layout (Bt, D, L); "tfbrain fwd, channels last" the same call on
+(Bt, L, D), the layout the Mamba layers use (`selective_scan_channels_last`).
+
+Candidates and floors, each in the same rotation:
+    chunk-exp fwd      exp(delta*A) of a whole chunk as one vectorised (T, N, Bt, D) op before
+                       the serial multiply-add loop (the layout change the issue proposed),
+                       checked against tfbrain's output before timing
+    exp floor (1 op)   XLA exp of B*D*L*N float32 as one op (writes the whole result)
+    exp floor (loop)   the same exps in an XLA while loop over L, one (B*D*N) slice a step,
+                       summed into a carried vector: the scan's exp work without the rest
+    loop floor         tfbrain's scan at the same B, L, N with D = 8 channels: the cost of L
+                       XLA while-loop iterations when the work per step is nearly nothing
+No assertions; prints a Markdown table.
 """
 
 import argparse
@@ -18,7 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfbrain.layers.selective_scan import selective_scan  # noqa: E402
+from tfbrain.layers.selective_scan import (selective_scan,  # noqa: E402
+                                           selective_scan_channels_last)
 
 DEFAULT_SIZES = ["1,1536,1024,16", "2,384,4096,16", "320,72,256,16", "1,1024,12601,16"]
 TF_SCAN_BACKWARD_LIMIT = 30e6  # B*D*L*N above which tf.scan's gradient takes minutes
@@ -32,18 +53,6 @@ def make_inputs(batch, channels, steps, state, seed=0):
                 B=normal(batch, state, steps), C=normal(batch, state, steps),
                 D=np.ones(channels, np.float32), z=normal(batch, channels, steps),
                 delta_bias=np.zeros(channels, np.float32))
-
-
-def time_call(fn, repeats):
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), first
 
 
 def numpy_scan(u, delta, A, B, C, D, z, delta_bias):
@@ -91,22 +100,96 @@ def forward_backward(fn):
     return run
 
 
-def exp_floor(count):
-    x = -np.random.default_rng(0).random(min(count, 16_000_000)).astype(np.float32)
-    out = np.empty_like(x)
-    start = time.perf_counter()
-    done = 0
-    while done < count:
-        np.exp(x, out=out)
-        done += x.size
-    return (time.perf_counter() - start) * count / done
+def chunk_exp_scan(u, delta, A, B, C, D, z, delta_bias, chunk_size=16):
+    """Forward-only candidate with the library's semantics for this call (variable B/C, one
+    group): per chunk, exp(delta*A) and delta*u*B for all T steps as two vectorised ops, then
+    a serial loop of multiply-adds. Kept here, not in the library, because it measured slower
+    (docs/selective_scan.md, "What bounds it")."""
+    delta = tf.nn.softplus(delta + delta_bias[:, None])
+    batch, channels, steps = u.shape
+    state = A.shape[1]
+    chunk = min(chunk_size, steps)
+    num_chunks = -(-steps // chunk)
+    pad = num_chunks * chunk - steps
+
+    def chunked(x):  # (L, ...) -> (K, T, ...); padding delta with 0 leaves h unchanged
+        x = tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1))
+        return tf.reshape(x, [num_chunks, chunk] + x.shape[1:].as_list())
+
+    u_c = chunked(tf.transpose(u, [2, 0, 1]))  # (K, T, Bt, D)
+    d_c = chunked(tf.transpose(delta, [2, 0, 1]))
+    b_c = chunked(tf.transpose(B, [2, 1, 0])[..., None])  # (K, T, N, Bt, 1)
+    c_c = chunked(tf.transpose(C, [2, 1, 0])[..., None])
+    a_s = tf.transpose(A)[:, None, :]  # (N, 1, D)
+    ys = tf.TensorArray(tf.float32, size=num_chunks, element_shape=(chunk, batch, channels))
+
+    def chunk_body(k, h, ys):
+        d_k, c_k = d_c[k], c_c[k]
+        decay_k = tf.exp(d_k[:, None] * a_s[None])  # (T, N, Bt, D), one op per chunk
+        drive_k = (d_k * u_c[k])[:, None] * b_c[k]  # (T, N, Bt, D)
+        y_k = tf.TensorArray(tf.float32, size=chunk, element_shape=(batch, channels))
+
+        def step_body(t, h, y_k):
+            h = decay_k[t] * h + drive_k[t]
+            return t + 1, h, y_k.write(t, tf.reduce_sum(h * c_k[t], axis=0))
+
+        _, h, y_k = tf.while_loop(lambda t, *_: t < chunk, step_body, (0, h, y_k),
+                                  maximum_iterations=chunk)
+        return k + 1, h, ys.write(k, y_k.stack())
+
+    _, _, ys = tf.while_loop(lambda k, *_: k < num_chunks, chunk_body,
+                             (0, tf.zeros((state, batch, channels)), ys),
+                             maximum_iterations=num_chunks)
+    y = tf.reshape(ys.stack(), (num_chunks * chunk, batch, channels))[:steps]  # (L, Bt, D)
+    y = tf.transpose(y, [1, 2, 0]) + D[:, None] * u
+    return y * tf.nn.silu(z)
+
+
+def exp_floor_one_op(count):
+    """XLA exp of `count` float32 as one op (the whole result written to memory)."""
+    x = tf.constant(-np.random.default_rng(0).random(count).astype(np.float32))
+    fn = tf.function(tf.exp, jit_compile=True)
+    return lambda: fn(x).numpy()
+
+
+def exp_floor_loop(steps, width):
+    """The same number of exps, one `width` slice per while-loop step, summed (cache-resident)."""
+    x = tf.constant(-np.random.default_rng(0).random((steps, width)).astype(np.float32))
+
+    @tf.function(jit_compile=True, autograph=False)
+    def fn(x):
+        body = lambda t, acc: (t + 1, acc + tf.exp(x[t]))
+        return tf.while_loop(lambda t, _: t < steps, body, (0, tf.zeros(width)),
+                             maximum_iterations=steps)[1]
+
+    return lambda: fn(x).numpy()
+
+
+def time_rotation(calls, repeats):
+    """{label: (wall median, cpu median, load median, first call wall)}; calls in rotation."""
+    first = {}
+    for label, call in calls.items():
+        start = time.perf_counter()
+        call()
+        first[label] = time.perf_counter() - start
+    samples = {label: [] for label in calls}
+    for _ in range(repeats):
+        for label, call in calls.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            call()
+            samples[label].append((time.perf_counter() - wall, time.process_time() - cpu,
+                                   os.getloadavg()[0]))
+    return {label: tuple(float(np.median(column)) for column in zip(*rows)) + (first[label],)
+            for label, rows in samples.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk_size", type=int, default=None)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["numpy", "tf.scan", "candidate"],
+                        help="leave these variants out (NumPy and tf.scan are slow at large sizes)")
     args = parser.parse_args()
 
     ours = lambda u, delta, A, B, C, D, z, bias: selective_scan(
@@ -118,38 +201,60 @@ def main():
         inputs = make_inputs(batch, channels, steps, state)
         tensors = [tf.constant(v) for v in inputs.values()]
         count = batch * channels * steps * state
-        row = {"size": f"({batch},{channels},{steps},{state})"}
-        fwd = tf.function(ours, jit_compile=True)  # the scan's own loops are jit ("auto")
-        row["tfbrain fwd"] = time_call(lambda: fwd(*tensors).numpy(), args.repeats)
+        fwd = tf.function(ours, jit_compile=True)  # the scan's own loops are inlined ("auto")
         fwd_bwd = forward_backward(ours)
-        row["tfbrain fwd+bwd"] = time_call(
-            lambda: [g.numpy() for g in fwd_bwd(*tensors)], args.repeats)
-        row["numpy fwd"] = time_call(lambda: numpy_scan(**inputs), max(1, args.repeats - 1))
-        scan_fwd = tf.function(tf_scan_fn, jit_compile=True)
-        row["tf.scan jit fwd"] = time_call(lambda: scan_fwd(*tensors).numpy(), args.repeats)
-        if count <= TF_SCAN_BACKWARD_LIMIT:
-            scan_bwd = forward_backward(tf_scan_fn)
-            row["tf.scan fwd+bwd"] = time_call(
-                lambda: [g.numpy() for g in scan_bwd(*tensors)], 1)
-        row["exp floor"] = (exp_floor(count), None)
+        # the layout the Mamba layers call: (Bt, L, D); for Bt = 1 its transposes are free
+        last = tf.function(lambda u, delta, A, B, C, D, z, bias: selective_scan_channels_last(
+            u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True,
+            chunk_size=args.chunk_size), jit_compile=True)
+        tensors_last = [tf.constant(np.ascontiguousarray(np.swapaxes(v, 1, 2))) if v.ndim == 3
+                        else tf.constant(v) for v in inputs.values()]
+        calls = {"tfbrain fwd": lambda: fwd(*tensors).numpy(),
+                 "tfbrain fwd, channels last": lambda: last(*tensors_last).numpy(),
+                 "tfbrain fwd+bwd": lambda: [g.numpy() for g in fwd_bwd(*tensors)]}
+        if "candidate" not in args.skip:
+            candidate = tf.function(
+                lambda *x: chunk_exp_scan(*x, chunk_size=args.chunk_size or 16), jit_compile=True)
+            difference = np.abs(candidate(*tensors).numpy() - fwd(*tensors).numpy()).max()
+            print(f"{size}: chunk-exp fwd max |difference| from tfbrain {difference:.1e}")
+            calls["chunk-exp fwd"] = lambda: candidate(*tensors).numpy()
+        if "numpy" not in args.skip:
+            calls["numpy fwd"] = lambda: numpy_scan(**inputs)
+        if "tf.scan" not in args.skip:
+            scan_fwd = tf.function(tf_scan_fn, jit_compile=True)
+            calls["tf.scan jit fwd"] = lambda: scan_fwd(*tensors).numpy()
+        calls["exp floor (1 op)"] = exp_floor_one_op(count)
+        calls["exp floor (loop)"] = exp_floor_loop(steps, batch * channels * state)
+        thin = make_inputs(batch, 8, steps, state)
+        thin = [tf.constant(v) for v in thin.values()]
+        thin_fwd = tf.function(ours, jit_compile=True)
+        calls["loop floor"] = lambda: thin_fwd(*thin).numpy()
+        row = {"size": f"({batch},{channels},{steps},{state})",
+               **time_rotation(calls, args.repeats)}
+        if "tf.scan" not in args.skip and count <= TF_SCAN_BACKWARD_LIMIT:
+            scan_bwd = forward_backward(tf_scan_fn)  # one timed call: its gradient is slow
+            row.update(time_rotation(
+                {"tf.scan fwd+bwd": lambda: [g.numpy() for g in scan_bwd(*tensors)]}, 1))
         rows.append(row)
         print(f"done {row['size']}", flush=True)
 
-    columns = ["tfbrain fwd", "tfbrain fwd+bwd", "numpy fwd", "tf.scan jit fwd",
-               "tf.scan fwd+bwd", "exp floor"]
-    print(f"\nselective scan, median ms (first call s); {os.cpu_count()} CPUs, "
-          f"TF {tf.__version__}")
-    print("| size (B,D,L,N) | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
+    columns = [c for c in ("tfbrain fwd", "tfbrain fwd, channels last", "chunk-exp fwd",
+                           "tfbrain fwd+bwd", "numpy fwd", "tf.scan jit fwd", "tf.scan fwd+bwd",
+                           "exp floor (1 op)", "exp floor (loop)", "loop floor")
+               if any(c in row for row in rows)]
+    print(f"\nselective scan: median wall ms / CPU ms @ 1-min load, {args.repeats} rounds in "
+          f"rotation; {os.cpu_count()} CPUs, TF {tf.__version__}, chunk "
+          f"{args.chunk_size or 16}")
+    print("| size (B,D,L,N) | variant | wall ms | CPU ms | load | first call s |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        cells = []
         for column in columns:
             if column not in row:
-                cells.append("skipped")
+                print(f"| {row['size']} | {column} | skipped | | | |")
                 continue
-            median, first = row[column]
-            cells.append(f"{median * 1e3:.1f}" + (f" ({first:.1f} s)" if first else ""))
-        print(f"| {row['size']} | " + " | ".join(cells) + " |")
+            wall, cpu, load, first = row[column]
+            print(f"| {row['size']} | {column} | {wall * 1e3:.1f} | {cpu * 1e3:.1f} | "
+                  f"{load:.1f} | {first:.1f} |")
 
 
 if __name__ == "__main__":

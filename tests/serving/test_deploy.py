@@ -88,3 +88,14 @@ class DeployFilesTest(TestCase):
         self.assertIn("persistentVolumeClaim", volumes[mounts["/models"]])
         self.assertEqual(by_kind["Service"]["spec"]["selector"], spec["selector"]["matchLabels"])
         self.assertEqual({p["port"] for p in by_kind["Service"]["spec"]["ports"]}, {8500, 8501})
+
+    def test_cpu_batching_parameters(self):
+        # Chosen in docs/serving.md section 5: on CPU a merged batch costs more per window than
+        # single windows, so no waiting for a batch and no padding up to allowed sizes (a
+        # padded window costs as much as a real one).
+        batching = parse_batching((DEPLOY / "batching_parameters_cpu.txt").read_text())
+        self.assertLessEqual(set(batching), BATCHING_FIELDS)
+        self.assertNotIn("allowed_batch_sizes", batching)
+        self.assertEqual(batching["batch_timeout_micros"], "0")
+        self.assertGreaterEqual(int(batching["max_batch_size"]), 1)
+        self.assertGreaterEqual(int(batching["num_batch_threads"]), 1)
