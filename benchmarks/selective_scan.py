@@ -1,4 +1,4 @@
-"""Selective-scan benchmark: tfbrain's XLA loops against a candidate, NumPy, tf.scan and floors.
+"""Selective-scan benchmark: tfbrain's XLA loops against candidates, NumPy, tf.scan and floors.
 
 Usage: python benchmarks/selective_scan.py [--sizes 1,1536,1024,16 ...] [--repeats 5]
        [--chunk_size 16] [--skip numpy tf.scan]
@@ -21,6 +21,14 @@ Candidates and floors, each in the same rotation:
     chunk-exp fwd      exp(delta*A) of a whole chunk as one vectorised (T, N, Bt, D) op before
                        the serial multiply-add loop (the layout change the issue proposed),
                        checked against tfbrain's output before timing
+    fused-chunk fwd    channels last; bias + softplus, the D skip and the silu(z) gate done per
+                       chunk inside the chunk loop on (T, Bt, D) slices, each output chunk
+                       written once (issue 16's proposal), checked against tfbrain's output
+    recurrence floor   the fused-chunk loop with softplus, skip and gate left out (delta fed
+                       as is): the chunked recurrence alone at full size, i.e. what the
+                       fused forward would cost if its per-chunk element-wise work were free
+    softplus (1 op)    upstream's softplus (threshold 20, log1p) of a (Bt, L, D) tensor as one
+                       XLA op: what the softplus costs wherever it is placed
     exp floor (1 op)   XLA exp of B*D*L*N float32 as one op (writes the whole result)
     exp floor (loop)   the same exps in an XLA while loop over L, one (B*D*N) slice a step,
                        summed into a carried vector: the scan's exp work without the rest
@@ -145,6 +153,74 @@ def chunk_exp_scan(u, delta, A, B, C, D, z, delta_bias, chunk_size=16):
     return y * tf.nn.silu(z)
 
 
+def fused_chunk_scan(u, delta, A, B, C, D, z, delta_bias, chunk_size=16, use_elementwise=True):
+    """Forward-only candidate, channels last (u, delta, z (Bt, L, D); B, C (Bt, L, N)), one group:
+    the pre- and post-processing moved into the chunk loop, so that no full-size pass runs
+    outside it. Kept here, not in the library, because it stays above the 20 ms target
+    (docs/selective_scan.md, "What bounds it"). With `use_elementwise=False` softplus, skip
+    and gate are left out: the recurrence floor.
+
+    For Bt = 1 the batch axis is dropped (state (N, D), not (N, 1, D)) and the C contraction
+    is a (1, N) @ (N, D) product: measured 2 ms cheaper than with the size-1 axis kept."""
+    batch, steps, channels = u.shape
+    state = A.shape[1]
+    chunk = min(chunk_size, steps)
+    num_chunks = -(-steps // chunk)
+    pad = num_chunks * chunk - steps
+    lanes = [channels] if batch == 1 else [batch, channels]  # the state's (Bt, D) part
+
+    def chunked(x, width):  # (Bt, L, width) -> (K, T, Bt, width) or (K, T, width) for Bt = 1
+        x = tf.pad(x, [[0, 0], [0, pad], [0, 0]])
+        x = tf.transpose(x, [1, 0, 2])  # (L', Bt, width); a bitcast for Bt = 1
+        return tf.reshape(x, [num_chunks, chunk] + ([width] if batch == 1 else [batch, width]))
+
+    # padded steps: softplus(0 + bias) > 0 would move the state, but they come after the
+    # last real step, so only their (discarded) outputs see it
+    u_c, d_c, z_c = (chunked(x, channels) for x in (u, delta, z))  # (K, T, [Bt,] D)
+    b_c, c_c = chunked(B, state), chunked(C, state)  # (K, T, [Bt,] N)
+    a_s = tf.reshape(tf.transpose(A), [state] + [1] * (len(lanes) - 1) + [channels])  # (N, [1,] D)
+    ys = tf.TensorArray(tf.float32, size=num_chunks, element_shape=[chunk] + lanes)
+
+    def chunk_body(k, h, ys):
+        u_k, b_k, c_k = u_c[k], b_c[k], c_c[k]
+        d_k = d_c[k] + delta_bias
+        if use_elementwise:  # upstream's softplus, threshold 20, on a (T, [Bt,] D) slice
+            d_k = tf.where(d_k > 20.0, d_k, tf.math.log1p(tf.exp(tf.minimum(d_k, 20.0))))
+        y_k = tf.TensorArray(tf.float32, size=chunk, element_shape=lanes)
+
+        def step_body(t, h, y_k):
+            d_t = d_k[t][None]  # (1, [Bt,] D)
+            if batch == 1:
+                b_t = tf.reshape(b_k[t], (state, 1))  # (N, 1)
+                h = tf.exp(d_t * a_s) * h + (d_t * u_k[t][None]) * b_t  # (N, D)
+                y_t = tf.reshape(tf.matmul(c_k[t][None], h), (channels,))  # (1, N) @ (N, D)
+            else:
+                b_t = tf.transpose(b_k[t])[..., None]  # (N, Bt, 1)
+                h = tf.exp(d_t * a_s) * h + (d_t * u_k[t][None]) * b_t  # (N, Bt, D)
+                y_t = tf.reduce_sum(h * tf.transpose(c_k[t])[..., None], axis=0)  # (Bt, D)
+            return t + 1, h, y_k.write(t, y_t)
+
+        _, h, y_k = tf.while_loop(lambda t, *_: t < chunk, step_body, (0, h, y_k),
+                                  maximum_iterations=chunk)
+        out_k = y_k.stack()  # (T, [Bt,] D)
+        if use_elementwise:  # D skip, then the gate, as upstream
+            out_k = (out_k + D * u_k) * (z_c[k] * tf.sigmoid(z_c[k]))
+        return k + 1, h, ys.write(k, out_k)
+
+    _, _, ys = tf.while_loop(lambda k, *_: k < num_chunks, chunk_body,
+                             (0, tf.zeros([state] + lanes), ys), maximum_iterations=num_chunks)
+    y = tf.reshape(ys.stack(), (num_chunks * chunk, batch, channels))[:steps]  # (L, Bt, D)
+    return tf.transpose(y, [1, 0, 2])  # (Bt, L, D)
+
+
+def softplus_one_op(shape):
+    """Upstream's softplus of a `shape` float32 tensor as one XLA op."""
+    x = tf.constant(np.random.default_rng(0).standard_normal(shape).astype(np.float32) - 3.0)
+    fn = tf.function(lambda x: tf.where(x > 20.0, x, tf.math.log1p(tf.exp(tf.minimum(x, 20.0)))),
+                     jit_compile=True)
+    return lambda: fn(x).numpy()
+
+
 def exp_floor_one_op(count):
     """XLA exp of `count` float32 as one op (the whole result written to memory)."""
     x = tf.constant(-np.random.default_rng(0).random(count).astype(np.float32))
@@ -218,11 +294,20 @@ def main():
             difference = np.abs(candidate(*tensors).numpy() - fwd(*tensors).numpy()).max()
             print(f"{size}: chunk-exp fwd max |difference| from tfbrain {difference:.1e}")
             calls["chunk-exp fwd"] = lambda: candidate(*tensors).numpy()
+            fused = tf.function(lambda *x: fused_chunk_scan(*x, chunk_size=args.chunk_size or 16),
+                                jit_compile=True)
+            difference = np.abs(fused(*tensors_last).numpy() - last(*tensors_last).numpy()).max()
+            print(f"{size}: fused-chunk fwd max |difference| from tfbrain {difference:.1e}")
+            calls["fused-chunk fwd"] = lambda: fused(*tensors_last).numpy()
+            recurrence = tf.function(lambda *x: fused_chunk_scan(
+                *x, chunk_size=args.chunk_size or 16, use_elementwise=False), jit_compile=True)
+            calls["recurrence floor"] = lambda: recurrence(*tensors_last).numpy()
         if "numpy" not in args.skip:
             calls["numpy fwd"] = lambda: numpy_scan(**inputs)
         if "tf.scan" not in args.skip:
             scan_fwd = tf.function(tf_scan_fn, jit_compile=True)
             calls["tf.scan jit fwd"] = lambda: scan_fwd(*tensors).numpy()
+        calls["softplus (1 op)"] = softplus_one_op((batch, steps, channels))
         calls["exp floor (1 op)"] = exp_floor_one_op(count)
         calls["exp floor (loop)"] = exp_floor_loop(steps, batch * channels * state)
         thin = make_inputs(batch, 8, steps, state)
@@ -239,7 +324,8 @@ def main():
         print(f"done {row['size']}", flush=True)
 
     columns = [c for c in ("tfbrain fwd", "tfbrain fwd, channels last", "chunk-exp fwd",
-                           "tfbrain fwd+bwd", "numpy fwd", "tf.scan jit fwd", "tf.scan fwd+bwd",
+                           "fused-chunk fwd", "recurrence floor", "tfbrain fwd+bwd", "numpy fwd",
+                           "tf.scan jit fwd", "tf.scan fwd+bwd", "softplus (1 op)",
                            "exp floor (1 op)", "exp floor (loop)", "loop floor")
                if any(c in row for row in rows)]
     print(f"\nselective scan: median wall ms / CPU ms @ 1-min load, {args.repeats} rounds in "
