@@ -265,7 +265,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk_size", type=int, default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["numpy", "tf.scan", "candidate"],
-                        help="leave these variants out (NumPy and tf.scan are slow at large sizes)")
+                        help="leave these variants out (NumPy and tf.scan are slow at large sizes; "
+                        "candidate: chunk-exp, fused-chunk and the recurrence floor)")
     args = parser.parse_args()
 
     ours = lambda u, delta, A, B, C, D, z, bias: selective_scan(
