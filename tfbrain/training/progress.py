@@ -8,10 +8,13 @@ not asked to be quiet, so logs, pipes and tests get no carriage-return noise.
 import sys
 
 import keras
+import numpy as np
 
 
 class _SilentBar:
     """What `progress_bar` returns when nothing is to be drawn."""
+
+    disable = True  # as tqdm's attribute
 
     def update(self, n=1):
         pass
@@ -61,6 +64,17 @@ class RunProgbar(keras.callbacks.ProgbarLogger):
         self.epochs = self.total_epochs
 
 
+def _scalar(value):
+    """The batch loss as one float, or None. Under a distribution strategy Keras may hand the
+    callback one value per replica (an array, not a scalar): their mean is the batch loss."""
+    if value is None:
+        return None
+    try:
+        return float(np.mean(np.asarray(value, dtype=np.float64)))
+    except (TypeError, ValueError):
+        return None
+
+
 class RunStepBar(keras.callbacks.Callback):
     """One bar over all the run's training steps (stderr, a terminal only): the step, the
     epoch, the running loss and the time left for the whole run, across the per-epoch `fit`
@@ -78,9 +92,11 @@ class RunStepBar(keras.callbacks.Callback):
             self.bar = progress_bar(self.total_steps, "training", "step", initial=self.step)
         self.step += 1
         self.bar.update(1)
-        loss = (logs or {}).get("loss")
+        if self.bar.disable:  # not a terminal: nothing to show, no per-step conversions
+            return
+        loss = _scalar((logs or {}).get("loss"))
         epoch = (self.step - 1) // max(self.steps_per_epoch, 1) + 1  # of the step just done
-        self.bar.set_postfix_str(f"epoch {epoch}" + (f", loss {float(loss):.4g}"
+        self.bar.set_postfix_str(f"epoch {epoch}" + (f", loss {loss:.4g}"
                                                      if loss is not None else ""), refresh=False)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -3,6 +3,8 @@
 import io
 import sys
 
+import numpy as np
+
 from tfbrain.training.progress import RunStepBar, _SilentBar, progress_bar
 
 
@@ -47,6 +49,19 @@ def test_training_bar_counts_the_whole_run_across_fit_calls(monkeypatch):
     assert terminal.getvalue()
     assert "3/6" in lines[0] and "epoch 1, loss 0.5" in lines[0]
     assert "6/6" in lines[-1] and "epoch 2, loss 0.5" in lines[-1]
+
+
+def test_training_bar_takes_one_loss_per_replica(monkeypatch):
+    # under MirroredStrategy Keras may pass the batch loss as one value per replica
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = RunStepBar(total_steps=2, steps_per_epoch=2)
+    bar.on_train_batch_end(0, {"loss": np.array([0.5, 0.7], "float32")})
+    assert "loss 0.6" in str(bar.bar)
+    bar.on_train_batch_end(1, {"loss": "not a number"})  # never worth a crash: shown without
+    line = str(bar.bar)
+    assert "epoch 1" in line and "loss" not in line
+    bar.close()
 
 
 def test_evaluation_bar_knows_how_many_batches_come(tmp_path):
