@@ -65,6 +65,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # TensorFlow's native start-up lines (CUDA probing, CPU notes) off the demo's output,
+    # as the tfbrain CLI does
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tfbrain.cli import _import_tensorflow_quietly
+    _import_tensorflow_quietly()
 
     import tfrecords_tools
     from tfbrain.sample_data import studyforrest_localizer

@@ -196,7 +196,8 @@ def train(config: TrainConfig, verbose: int = 1, *, resume: bool = False,
                 skip = start_step - epoch * steps if epoch == start_step // steps else 0
                 fit = train_model.fit(datasets.train(epoch, skip), initial_epoch=epoch,
                                       epochs=epoch + 1, steps_per_epoch=steps - skip,
-                                      callbacks=callbacks, verbose=verbose)
+                                      callbacks=callbacks, verbose=verbose,
+                                      shuffle=False)  # tf.data shuffles (seeded per epoch)
                 logs = {k: float(v[-1]) for k, v in fit.history.items()}
                 logs["learning_rate"] = float(train_model.optimizer.learning_rate)
                 history.append({"epoch": epoch + 1, **logs})
