@@ -15,16 +15,14 @@ the fit.
 Letters: T frames of the run, K kept frames, R regressors.
 """
 
-import csv
 import dataclasses
-import gzip
-import io
 import re
 from typing import Optional, Sequence
 
 import numpy as np
 
 from tfrecords_tools.errors import BadInputError
+from tfrecords_tools.sources import read_table
 
 _MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 # component -> column names; `cosine` is matched by pattern, since fMRIPrep writes as many
@@ -59,22 +57,6 @@ def parse_strategy(strategy) -> tuple[str, ...]:
             if part not in out:
                 out.append(part)
     return tuple(out)
-
-
-def read_tsv(path: str) -> list[dict]:
-    """Rows of a .tsv or .tsv.gz file as dicts (the header names the keys)."""
-    try:
-        if str(path).endswith(".gz"):
-            with gzip.open(path, "rt", newline="") as f:
-                text = f.read()
-        else:
-            with open(path, newline="") as f:
-                text = f.read()
-    except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise BadInputError(path, f"cannot read the table ({error})") from None
-    if not text.strip():
-        raise BadInputError(path, "the table is empty")
-    return list(csv.DictReader(io.StringIO(text), delimiter="\t"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +119,7 @@ def load_design(path: str, components: Sequence[str], fd_threshold: Optional[flo
     a row count that differs from the run's `num_frames`, or no segment of `min_segment`
     frames left after scrubbing).
     """
-    rows = read_tsv(path)
+    rows = read_table(path)
     if not rows:
         raise BadInputError(path, "the confounds table has no rows")
     if num_frames is not None and len(rows) != num_frames:

@@ -52,8 +52,9 @@ class Run:
         object.__setattr__(self, "key", _SAFE_KEY.sub("-", self.key))
 
 
-def _read_table(path: str) -> list[dict]:
-    """Rows of a CSV/TSV table, gzip-compressed or not (`.gz`)."""
+def read_table(path: str) -> list[dict]:
+    """Rows of a CSV/TSV table, gzip-compressed or not (`.gz`), as dicts keyed by the header:
+    participants, label tables and fMRIPrep confounds all read through here."""
     try:
         if str(path).endswith(".gz"):
             with gzip.open(path, "rt", newline="") as f:
@@ -89,7 +90,7 @@ def runs_from_table(table_path: str, *, path_column: str = "path", subject_colum
     Relative paths in the table are relative to the table's folder. A subject may appear on
     several rows only if `run_column` tells the rows apart.
     """
-    rows = _read_table(table_path)
+    rows = read_table(table_path)
     base = os.path.dirname(os.path.abspath(table_path))
     if not rows:
         raise BadInputError(table_path, "the table has no rows")
@@ -165,7 +166,7 @@ def _sibling(folder: str, prefix: str, endings: Sequence[str]) -> Optional[str]:
 
 
 def _participant_labels(participants: str, label_column: str) -> dict:
-    rows = _read_table(participants)
+    rows = read_table(participants)
     if not rows:
         raise BadInputError(participants, "the table has no rows")
     for column in ("participant_id", label_column):
