@@ -237,13 +237,20 @@ def read_json(path: str) -> dict:
         return json.load(f)
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to `path + .tmp-<pid>`, then rename, so readers never see half a file."""
+def temp_suffix() -> str:
+    """`.tmp-<pid>-<random>`: unique per write, also across machines (Beam workers, and a
+    retried or speculative bundle writing the same run on two workers with equal pids)."""
     import os
+    import uuid
 
+    return f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Write JSON to `path + temp_suffix()`, then rename, so readers never see half a file."""
     import tensorflow as tf
 
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = path + temp_suffix()
     with tf.io.gfile.GFile(tmp, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=False)
     tf.io.gfile.rename(tmp, path, overwrite=True)

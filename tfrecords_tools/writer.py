@@ -12,7 +12,7 @@ Layout of a dataset folder:
 Storage (`storage`): `brain_only` (default) writes each frame's in-mask voxels only and the
 run's mask once (see schema.py); `dense` writes whole frames (the schema_version 1 format).
 
-Crash safety: each shard (and mask file) is written as `<name>.tmp-<pid>` and renamed when
+Crash safety: each shard (and mask file) is written as `<name>.tmp-<pid>-<random>` and renamed when
 closed; a run counts as done only when `runs/<run>.json` exists, its input fingerprint (size,
 mtime and sha256 of the NIfTI, mask and events files) still matches the inputs, and every
 shard it lists, and its mask file, has the recorded size and sha256. Anything else (stale inputs, a corrupt or missing
@@ -230,7 +230,7 @@ def _write_shards(output_dir: str, key: str, records, compression: str, shard_by
 
     options = tf.io.TFRecordOptions(compression_type=compression)
     shards, writer, count, first, written = [], None, 0, 0, 0
-    tmp_suffix = f".tmp-{os.getpid()}"
+    tmp_suffix = schema.temp_suffix()
 
     def close():
         writer.close()
@@ -269,7 +269,7 @@ def _write_mask_file(output_dir: str, key: str, brain_mask: np.ndarray, backgrou
 
     name = _mask_name(key, compression)
     final = schema.join(output_dir, schema.MASK_DIR, name)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    tmp = final + schema.temp_suffix()
     with tf.io.TFRecordWriter(tmp, tf.io.TFRecordOptions(compression_type=compression)) as writer:
         writer.write(schema.mask_example(brain_mask, background, run=key))
     entry = {"path": f"{schema.MASK_DIR}/{name}", "run": key, "num_voxels": int(brain_mask.sum()),
