@@ -3,9 +3,8 @@ import pathlib
 
 import keras
 import numpy as np
-import pytest
 
-from tests.test_case import REPO_ROOT, TestCase, load_fixture_json, load_fixture_npz
+from tests.test_case import REPO_ROOT, TestCase, import_extra, load_fixture_json, load_fixture_npz
 from tfbrain.checkpoints import read_state_dict
 from tfbrain.models.bixt import BiXTBackbone
 from tfbrain.models.bixt.bixt_conversion import bixt_kwargs_from_upstream, convert_bixt
@@ -88,7 +87,7 @@ class BiXTConversionParityTest(TestCase):
             convert_bixt(headless, kwargs, task="classification")
 
     def test_timm_checkpoint_file(self):
-        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+        torch = import_extra("torch", "torch")
         state_dict, kwargs, arrays = load_shared("bixt_small_convtok_ls")
         # upstream releases `model_best.pth.tar`; read_state_dict knows the .pth suffix
         path = pathlib.Path(self.get_temp_dir()) / "model_best.pth"

@@ -2,10 +2,9 @@ import json
 import struct
 
 import numpy as np
-import pytest
 from safetensors.numpy import save_file
 
-from tests.test_case import TestCase, fixture_path, load_fixture_npz
+from tests.test_case import TestCase, fixture_path, import_extra, load_fixture_npz
 from tfbrain import load_preset
 from tfbrain.checkpoints import read_safetensors, read_state_dict
 from tfbrain.cli import main as cli_main
@@ -51,7 +50,7 @@ class SwiFTConversionTest(TestCase):
         self.assertAllClose(model(self.fmri)["logits"], logit, atol=1e-5)
 
     def test_torch_lightning_ckpt(self):
-        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+        torch = import_extra("torch", "torch")
         path = self.get_temp_dir() + "/edge.ckpt"
         hparams = dict(self.config["constructor_kwargs"])
         torch.save({"state_dict": {f"model.{k}": torch.from_numpy(v) for k, v in self.state_dict.items()},
