@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
 from serving.tensors import ndarray_to_tensor_proto, tensor_proto_to_ndarray
-from serving.validation import SignatureSpec
+from serving.validation import SignatureSpec, check_client_options
 
 from serving.signatures import DEFAULT_SIGNATURE, EMBED_SIGNATURE, FMRI_INPUT, FP16_SUFFIX
 
@@ -52,13 +52,7 @@ class PredictionClient:
                  version_label: str | None = None, use_fp16: bool = False, timeout_s: float = 60.0, retries: int = 2,
                  backoff_s: float = 0.2, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  channel: grpc.Channel | None = None):
-        if retries < 0:
-            raise ValueError(f"`retries` must be >= 0. Received: retries={retries}")
-        if timeout_s <= 0:
-            raise ValueError(f"`timeout_s` must be > 0. Received: timeout_s={timeout_s}")
-        if version is not None and version_label is not None:
-            raise ValueError(f"give `version` or `version_label`, not both. Received: version={version}, "
-                             f"version_label={version_label!r}")
+        check_client_options(version=version, version_label=version_label, timeout_s=timeout_s, retries=retries)
         self.target = target
         self.model_name = model_name
         self.version = version

@@ -27,7 +27,7 @@ from tensorflow.core.framework import types_pb2
 
 from serving.signatures import DEFAULT_SIGNATURE, EMBED_SIGNATURE, EMBEDDING_OUTPUT, FMRI_INPUT, FP16_SUFFIX
 from serving.tensors import NUMPY_BY_DTYPE
-from serving.validation import SignatureSpec, TensorSpec
+from serving.validation import SignatureSpec, TensorSpec, check_client_options
 
 RETRY_HTTP_STATUSES = (503, 504)
 
@@ -66,13 +66,7 @@ class RestPredictionClient:
     def __init__(self, target: str, model_name: str, *, version: int | None = None,
                  version_label: str | None = None, timeout_s: float = 60.0, retries: int = 2,
                  backoff_s: float = 0.2):
-        if retries < 0:
-            raise ValueError(f"`retries` must be >= 0. Received: retries={retries}")
-        if timeout_s <= 0:
-            raise ValueError(f"`timeout_s` must be > 0. Received: timeout_s={timeout_s}")
-        if version is not None and version_label is not None:
-            raise ValueError(f"give `version` or `version_label`, not both. Received: version={version}, "
-                             f"version_label={version_label!r}")
+        check_client_options(version=version, version_label=version_label, timeout_s=timeout_s, retries=retries)
         self.base_url = (target if "://" in target else f"http://{target}").rstrip("/")
         self.model_name = model_name
         self.version = version

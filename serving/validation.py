@@ -15,6 +15,17 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from serving.tensors import NUMPY_BY_DTYPE, TensorDecodeError, dtype_name, proto_shape, tensor_proto_to_ndarray
 
 
+def check_client_options(*, version, version_label, timeout_s: float, retries: int) -> None:
+    """The options the gRPC and REST clients share, checked alike (ValueError naming the field)."""
+    if retries < 0:
+        raise ValueError(f"`retries` must be >= 0. Received: retries={retries}")
+    if timeout_s <= 0:
+        raise ValueError(f"`timeout_s` must be > 0. Received: timeout_s={timeout_s}")
+    if version is not None and version_label is not None:
+        raise ValueError(f"give `version` or `version_label`, not both. Received: version={version}, "
+                         f"version_label={version_label!r}")
+
+
 class RequestError(Exception):
     """A request the server refuses; `code` is the grpc.StatusCode to answer with."""
 
