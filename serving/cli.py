@@ -99,12 +99,27 @@ def parse_version_labels(items, models) -> dict[str, dict[str, int]]:
     return labels
 
 
+def auto_jit_warning(tf_xla_flags: str) -> str | None:
+    """A warning when TF_XLA_FLAGS turns on XLA auto-clustering, which returned wrong outputs
+    for the paper-size SwiFT serving graph (docs/serving.md); None otherwise."""
+    flags = dict(flag.partition("=")[::2] for flag in tf_xla_flags.split())
+    if flags.get("--tf_xla_auto_jit", "0").strip() in ("0", "-1") and "--tf_xla_cpu_global_jit" not in flags:
+        return None
+    return (f"TF_XLA_FLAGS={tf_xla_flags!r} turns on XLA auto-clustering: it returned wrong outputs for the "
+            "paper-size SwiFT serving graph (docs/serving.md); unset it unless you have checked your model's "
+            "outputs under it")
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
+    import os
 
     from serving.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    warning = auto_jit_warning(os.environ.get("TF_XLA_FLAGS", ""))
+    if warning:
+        logging.getLogger("serving").warning(warning)
     models, pinned = resolve_models(args.paths, args.model_base, args.model)
     if args.max_batch is not None and args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1. Received: {args.max_batch}")
