@@ -15,6 +15,9 @@ Floors, measured the same way: `inflate` reads (and GZIP-inflates) the brain_onl
 parses nothing; `assemble` only builds float32 windows on the grid from brain values already
 in memory (the gather). Also prints the gather-vs-scatter choice for putting brain values
 back on the grid. Nothing here asserts a speed; it prints tables.
+
+`--allocators bfc,default` adds, interleaved, each figure under TensorFlow's default CPU
+allocator beside the BFC allocator that importing tfrecords_tools selects.
 """
 
 import argparse
@@ -29,6 +32,7 @@ import numpy as np
 
 SIZE = 96
 WINDOW = 20
+ALLOCATOR_ENV = {"bfc": "true", "default": "false"}  # TF_CPU_ALLOCATOR_USE_BFC per --allocators name
 
 # (name, storage, compression, dtype, stride); compression "" = none
 VARIANTS = [
@@ -172,6 +176,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="conversion processes")
     parser.add_argument("--only", action="append", help="variant name(s) to run (default: all)")
     parser.add_argument("--scatter-only", action="store_true", help="only the gather-vs-scatter comparison")
+    parser.add_argument("--allocators", default="bfc",
+                        help="CPU allocators to compare, interleaved: 'bfc' (what importing tfrecords_tools "
+                             "sets), 'default' (TensorFlow's own), or 'bfc,default'")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one figure, as JSON
     args = parser.parse_args(argv)
 
@@ -183,6 +190,9 @@ def main(argv=None) -> None:
     if args.scatter_only:
         scatter_vs_gather()
         return
+    allocators = args.allocators.split(",")
+    if set(allocators) - set(ALLOCATOR_ENV):
+        parser.error(f"--allocators: choose from {sorted(ALLOCATOR_ENV)}")
 
     import tfrecords_tools as tt
 
@@ -200,35 +210,38 @@ def main(argv=None) -> None:
     print("gather vs scatter onto the grid:")
     scatter_vs_gather()
 
-    results = {(v[0], cores): [] for v in variants for cores in (1, 2)}
+    rows = [(v, allocator) for v in variants for allocator in allocators]
+    results = {(v[0], allocator, cores): [] for (v, allocator) in rows for cores in (1, 2)}
     for round_index in range(args.rounds):
-        for name, storage, compression, kind, stride in variants:
+        for (name, storage, compression, kind, stride), allocator in rows:
             for cores in (1, 2):
                 command = ["taskset", "-c", ",".join(str(c) for c in range(cores)), sys.executable,
                            os.path.abspath(__file__), "--seconds", str(args.seconds), "--measure",
                            json.dumps([dataset_folder(args.out, storage, compression), kind, stride])]
                 done = subprocess.run(command, capture_output=True, text=True,
-                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                                           "TF_CPU_ALLOCATOR_USE_BFC": ALLOCATOR_ENV[allocator]})
                 if done.returncode:
                     raise RuntimeError(f"{name} on {cores} core(s) failed:\n{done.stderr[-2000:]}")
                 figure = json.loads(done.stdout.strip().splitlines()[-1])
-                results[(name, cores)].append(figure)
-                print(f"round {round_index + 1}: {name:32s} {cores} core(s): {figure['rate']:6.2f} windows/s "
+                results[(name, allocator, cores)].append(figure)
+                print(f"round {round_index + 1}: {name:32s} {allocator:7s} {cores} core(s): "
+                      f"{figure['rate']:6.2f} windows/s "
                       f"(load {figure['load']:.1f})", flush=True)
 
     print()
-    print("| variant (storage/compression/dtype/stride) | on disk / frame | windows/s, 1 core (load) "
-          "| windows/s, 2 cores (load) |")
-    print("| --- | --- | --- | --- |")
-    for name, storage, compression, kind, stride in variants:
+    print("| variant (storage/compression/dtype/stride) | CPU allocator | on disk / frame "
+          "| windows/s, 1 core (load) | windows/s, 2 cores (load) |")
+    print("| --- | --- | --- | --- | --- |")
+    for (name, storage, compression, kind, stride), allocator in rows:
         cells = []
         for cores in (1, 2):
-            figures = results[(name, cores)]
+            figures = results[(name, allocator, cores)]
             rates = " / ".join(f"{f['rate']:.1f}" for f in figures)
             loads = " / ".join(f"{f['load']:.1f}" for f in figures)
             cells.append(f"**{statistics.median(f['rate'] for f in figures):.1f}** ({rates}; load {loads})")
         size = bytes_per_frame(dataset_folder(args.out, storage, compression)) / 1e6
-        print(f"| {name} | {size:.3f} MB | {cells[0]} | {cells[1]} |")
+        print(f"| {name} | {allocator} | {size:.3f} MB | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""What importing the `tfbrain` package sets up for TensorFlow."""
+"""What importing `tfbrain`, `tfrecords_tools` or `serving` sets up for TensorFlow: the BFC CPU
+allocator (each of them can be used without the others)."""
 
 import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_case import REPO_ROOT
 
 # Allocator stats exist only for a BFC allocator: they tell which one TF built.
-PROBE = ("import os, tfbrain, tensorflow as tf\n"
+PROBE = ("import os, {package}, tensorflow as tf\n"
          "tf.zeros((1024,)) + 1\n"
          "try:\n"
          "    tf.config.experimental.get_memory_info('CPU:0')\n"
@@ -16,18 +19,19 @@ PROBE = ("import os, tfbrain, tensorflow as tf\n"
          "    print(os.environ['TF_CPU_ALLOCATOR_USE_BFC'], 'default')\n")
 
 
-def run_probe(**env):
+def run_probe(package, **env):
     base = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
-    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", PROBE.format(package=package)], capture_output=True, text=True,
                             cwd=REPO_ROOT, timeout=300,
                             env={**base, "PYTHONPATH": str(REPO_ROOT), **env})
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.split()
 
 
-def test_import_makes_tensorflow_use_the_bfc_cpu_allocator():
-    assert run_probe() == ["true", "bfc"]
+@pytest.mark.parametrize("package", ["tfbrain", "tfrecords_tools", "serving"])
+def test_import_makes_tensorflow_use_the_bfc_cpu_allocator(package):
+    assert run_probe(package) == ["true", "bfc"]
 
 
 def test_an_explicit_allocator_choice_wins():
-    assert run_probe(TF_CPU_ALLOCATOR_USE_BFC="false") == ["false", "default"]
+    assert run_probe("tfrecords_tools", TF_CPU_ALLOCATOR_USE_BFC="false") == ["false", "default"]

@@ -8,6 +8,15 @@ Convert once (`tfbrain prepare ...` or `convert(runs, output_dir)`), then stream
 See docs/tfrecords_tools.md for the record schema and dataset.json.
 """
 
+import os as _os
+
+# The default CPU allocator returns every large buffer to the OS, so each window (35-71 MB)
+# is page-faulted in afresh: that cost as much as the gather onto the grid itself, and halved
+# the windows/s of uncompressed shards (docs/tfrecords_tools.md). The BFC allocator reuses
+# them. Same setting as `import tfbrain`; read when TF first allocates; an explicit
+# TF_CPU_ALLOCATOR_USE_BFC=false wins.
+_os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
 from tfrecords_tools.errors import BadInputError
 from tfrecords_tools.preprocess import PreprocessConfig, prepare_run
 from tfrecords_tools.reader import (num_windows, original_run_key, read_frames, run_info, run_segments,
