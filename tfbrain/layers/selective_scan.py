@@ -86,10 +86,32 @@ def _resolve_jit(jit):
     return bool(mode)
 
 
+def _log1p_of_positive(y):
+    """log(1 + y) for y >= 0, as log(1 + y) * y / ((1 + y) - 1) (Goldberg's correction).
+
+    Why not tf.math.log1p: XLA CPU's log1p costs about twice its log; this form is one log,
+    one division, and as accurate (measured on 2M float32 points in softplus's range: at most
+    2.95 ulp, mean 0.30, vs 2.79 / 0.27 for log1p). The ratio y / ((1 + y) - 1) undoes the
+    rounding of 1 + y; where 1 + y rounds to 1, log1p(y) rounds to y.
+    """
+    one_plus = 1.0 + y
+    return tf.where(one_plus == 1.0, y, tf.math.log(one_plus) * (y / (one_plus - 1.0)))
+
+
+@tf.custom_gradient
 def _softplus(x):
-    """softplus with upstream's threshold: log1p(exp(x)) for x <= 20, x above."""
-    safe = tf.minimum(x, _SOFTPLUS_THRESHOLD)
-    return tf.where(x > _SOFTPLUS_THRESHOLD, x, tf.math.log1p(tf.exp(safe)))
+    """softplus with upstream's threshold: log1p(exp(x)) for x <= 20, x above.
+
+    The gradient is written out (sigmoid(x), 1 above the threshold), so autodiff never
+    differentiates the division of `_log1p_of_positive`, which is 0/0 where 1 + y rounds to 1.
+    """
+    above = x > _SOFTPLUS_THRESHOLD
+    value = tf.where(above, x, _log1p_of_positive(tf.exp(tf.minimum(x, _SOFTPLUS_THRESHOLD))))
+
+    def grad(upstream):
+        return upstream * tf.where(above, tf.ones_like(x), tf.sigmoid(x))
+
+    return value, grad
 
 
 def _conj(x):
@@ -130,6 +152,18 @@ def _step_inputs(d_t, u_t, dtype):
     return tf.cast(d_t, dtype), tf.cast(du_t, dtype)
 
 
+def _contract_state(h, c_t, c_is_variable):
+    """sum_n C[n] * h[n]: (N, *lanes) state and C slice -> (*lanes).
+
+    With a variable C and lanes = (Dg,) (Bt = G = 1) this is a (1, N) @ (N, Dg) product: XLA
+    CPU runs it cheaper than the reduce over the leading axis (0.3-0.6 ms of ~20 at
+    (1, 1536, 1024, 16), docs/selective_scan.md).
+    """
+    if c_is_variable and h.shape.rank == 2:
+        return tf.matmul(c_t, h, transpose_a=True)[0]  # (N, 1)^T @ (N, Dg) -> (Dg,)
+    return tf.reduce_sum(h * c_t, axis=0)
+
+
 def _scan_forward_loop(u, delta, A, B, C, b_is_variable, c_is_variable):
     """Forward recurrence; returns y (K, T, *lanes), the last state (N, *lanes) and the
     chunk-start states (K, N, *lanes).
@@ -158,7 +192,7 @@ def _scan_forward_loop(u, delta, A, B, C, b_is_variable, c_is_variable):
             b_t = b_k[t] if b_is_variable else b_k
             c_t = c_k[t] if c_is_variable else c_k
             h = tf.exp(d_t * A) * h + du_t * b_t
-            y_t = tf.reduce_sum(h * c_t, axis=0)  # lanes
+            y_t = _contract_state(h, c_t, c_is_variable)  # lanes
             y_t = 2.0 * tf.math.real(y_t) if is_complex else y_t
             return t + 1, h, y_k.write(t, y_t)
 
