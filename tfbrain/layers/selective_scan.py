@@ -86,32 +86,39 @@ def _resolve_jit(jit):
     return bool(mode)
 
 
-def _log1p_of_positive(y):
-    """log(1 + y) for y >= 0, as log(1 + y) * y / ((1 + y) - 1) (Goldberg's correction).
-
-    Why not tf.math.log1p: XLA CPU's log1p costs about twice its log; this form is one log,
-    one division, and as accurate (measured on 2M float32 points in softplus's range: at most
-    2.95 ulp, mean 0.30, vs 2.79 / 0.27 for log1p). The ratio y / ((1 + y) - 1) undoes the
-    rounding of 1 + y; where 1 + y rounds to 1, log1p(y) rounds to y.
-    """
-    one_plus = 1.0 + y
-    return tf.where(one_plus == 1.0, y, tf.math.log(one_plus) * (y / (one_plus - 1.0)))
-
-
-@tf.custom_gradient
 def _softplus(x):
     """softplus with upstream's threshold: log1p(exp(x)) for x <= 20, x above.
 
-    The gradient is written out (sigmoid(x), 1 above the threshold), so autodiff never
-    differentiates the division of `_log1p_of_positive`, which is 0/0 where 1 + y rounds to 1.
+    Under XLA the log1p is `_softplus_fused`'s cheaper form; outside XLA every op is its own
+    full-size pass, where that form's extra ops cost more than it saves (measured on
+    (1, 1024, 1536): 18.5 vs 11.0 ms CPU), so the plain form stays.
+    """
+    if in_xla_context():
+        return _softplus_fused(x)
+    safe = tf.minimum(x, _SOFTPLUS_THRESHOLD)
+    return tf.where(x > _SOFTPLUS_THRESHOLD, x, tf.math.log1p(tf.exp(safe)))
+
+
+@tf.custom_gradient
+def _softplus_fused(x):
+    """`_softplus` for XLA: log1p(y), y = exp(x), as log(1 + y) * y / ((1 + y) - 1).
+
+    Why: XLA CPU's log1p costs about twice its log; this is one log and one division in the
+    same fusion, and as accurate (2M float32 points over softplus's range: at most 2.95 ulp,
+    mean 0.30, vs 2.79 / 0.27 for log1p). The ratio y / ((1 + y) - 1) undoes the rounding of
+    1 + y; where 1 + y rounds to 1, log1p(y) rounds to y. The gradient is written out,
+    sigmoid(x) = y / (1 + y) (1 above the threshold), so that autodiff never differentiates
+    the division, 0/0 where 1 + y rounds to 1, and reuses y instead of a second exp.
     """
     above = x > _SOFTPLUS_THRESHOLD
-    value = tf.where(above, x, _log1p_of_positive(tf.exp(tf.minimum(x, _SOFTPLUS_THRESHOLD))))
+    y = tf.exp(tf.minimum(x, _SOFTPLUS_THRESHOLD))
+    one_plus = 1.0 + y
+    log1p = tf.where(one_plus == 1.0, y, tf.math.log(one_plus) * (y / (one_plus - 1.0)))
 
     def grad(upstream):
-        return upstream * tf.where(above, tf.ones_like(x), tf.sigmoid(x))
+        return upstream * tf.where(above, tf.ones_like(x), y / one_plus)
 
-    return value, grad
+    return tf.where(above, x, log1p), grad
 
 
 def _conj(x):

@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from tests.test_case import TestCase, load_fixture_npz
 from tfbrain.layers import selective_scan as scan_module
-from tfbrain.layers.selective_scan import (selective_scan, selective_scan_channels_last,
-                                           selective_scan_jit)
+from tfbrain.layers.selective_scan import (_softplus, selective_scan,
+                                           selective_scan_channels_last, selective_scan_jit)
 
 SCAN_CASES = [
     "selective_scan_case1_plain_timeinvariant_BC",
@@ -144,7 +144,7 @@ def scan_gradients(fn, inputs, dtype, weights):
 
 
 class SelectiveScanGradientTest(TestCase):
-    def check_gradients(self, bc_form, is_complex=False, jit="auto", batch=2):
+    def check_gradients(self, bc_form, is_complex=False, jit="auto", batch=2, outer_jit=False):
         inputs = random_inputs(bc_form, is_complex, batch=batch)
         rng = np.random.default_rng(1)
         out_weight = rng.standard_normal(inputs["u"].shape)
@@ -155,6 +155,9 @@ class SelectiveScanGradientTest(TestCase):
         def ours(**t):
             return selective_scan(**t, delta_softplus=True, return_last_state=True,
                                   chunk_size=4, jit=jit)
+
+        if outer_jit:  # the caller compiled by XLA: loops inlined, XLA's softplus form
+            ours = tf.function(ours, jit_compile=True)
 
         def reference(**t):
             return reference_scan(**t, delta_softplus=True)
@@ -194,6 +197,31 @@ class SelectiveScanGradientTest(TestCase):
                                     ("invariant", True)):
             with self.subTest(bc_form=bc_form, is_complex=is_complex):
                 self.check_gradients(bc_form, is_complex, batch=1)
+
+    def test_gradients_under_outer_jit(self):
+        for batch in (1, 2):
+            with self.subTest(batch=batch):
+                self.check_gradients("variable", batch=batch, outer_jit=True)
+
+    def test_softplus_forms_agree(self):
+        """XLA's softplus (log1p as log(1 + y) * y / ((1 + y) - 1), gradient by hand) against
+        float64, values and gradients, across the threshold and where 1 + e^x rounds to 1."""
+        x = np.concatenate([[-100.0, -30.0, -17.0, -1e-3, 0.0, 1e-3, 19.9, 20.0, 20.5, 40.0],
+                            np.linspace(-25.0, 25.0, 2001)]).astype(np.float32)
+        exact = np.where(x > 20, x, np.log1p(np.exp(np.minimum(x.astype(np.float64), 20))))
+        exact_grad = np.where(x > 20, 1.0, 1.0 / (1.0 + np.exp(-x.astype(np.float64))))
+
+        @tf.function(jit_compile=True)
+        def value_and_grad(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = _softplus(x)
+            return value, tape.gradient(value, x)
+
+        value, grad = value_and_grad(tf.constant(x))
+        self.assertAllClose(value, exact, rtol=1e-6, atol=1e-30)
+        self.assertAllClose(grad, exact_grad, rtol=1e-6, atol=1e-30)
+        self.assertTrue(np.all(np.isfinite(grad)))
 
     def test_gradients_batch_one_plain_while_loop(self):
         self.check_gradients("variable", jit=False, batch=1)
