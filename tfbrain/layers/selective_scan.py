@@ -144,8 +144,8 @@ def _sum_to(x, is_variable):
 #   B, C:     variable (K, T, N, [Bt,] [G,] 1), or time-invariant (N, [1,] [G,] Dg)
 # The state h is (N, *lanes). The batch and group axes are left out when they are statically
 # 1 (`has_batch_axis`, `has_group_axis` in `_scan_time_major`): XLA CPU does not simplify
-# size-1 axes away in the step's fusions, and the forward measured ~7% cheaper at Bt = G = 1
-# without them (docs/selective_scan.md). The channel axis Dg is always last, and a variable
+# size-1 axes away in the step's fusions, and the forward measured 5-6% cheaper at Bt = G = 1
+# without them (paired runs, docs/selective_scan.md). The channel axis Dg is always last, and a variable
 # B/C always has 1 there. An outer while_loop walks the K chunks and saves the state entering
 # each; an inner while_loop walks the T steps of a chunk. Measured on 2 CPU cores
 # (1, 1536, 1024, 16): N-major 22 ms vs 79 ms with N minor; Python-unrolling the T steps
@@ -163,8 +163,8 @@ def _contract_state(h, c_t, c_is_variable):
     """sum_n C[n] * h[n]: (N, *lanes) state and C slice -> (*lanes).
 
     With a variable C and lanes = (Dg,) (Bt = G = 1) this is a (1, N) @ (N, Dg) product: XLA
-    CPU runs it cheaper than the reduce over the leading axis (0.3-0.6 ms of ~20 at
-    (1, 1536, 1024, 16), docs/selective_scan.md).
+    CPU emits a dot, cheaper than the reduce over the leading axis (at (1, 1536, 1024, 16):
+    0.3-0.6 ms of the ~20 ms loop in the second attempt, 0.9 of 33.7 ms in one paired run).
     """
     if c_is_variable and h.shape.rank == 2:
         return tf.matmul(c_t, h, transpose_a=True)[0]  # (N, 1)^T @ (N, Dg) -> (Dg,)
