@@ -23,12 +23,16 @@ Candidates and floors, each in the same rotation:
                        checked against tfbrain's output before timing
     fused-chunk fwd    channels last; bias + softplus, the D skip and the silu(z) gate done per
                        chunk inside the chunk loop on (T, Bt, D) slices, each output chunk
-                       written once (issue 16's proposal), checked against tfbrain's output
+                       written once (issue 16's proposal), checked against tfbrain's output.
+                       It uses the library's softplus and, like the library since issue 16's
+                       third attempt, drops the size-1 batch axis and contracts C by a
+                       (1, N) @ (N, D) product: what it adds over tfbrain is the fusion alone
     recurrence floor   the fused-chunk loop with softplus, skip and gate left out (delta fed
                        as is): the chunked recurrence alone at full size, i.e. what the
                        fused forward would cost if its per-chunk element-wise work were free
-    softplus (1 op)    upstream's softplus (threshold 20, log1p) of a (Bt, L, D) tensor as one
-                       XLA op: what the softplus costs wherever it is placed
+    softplus (1 op)    the library's softplus (upstream's threshold 20; log1p as one log and a
+                       division) of a (Bt, L, D) tensor as one XLA op: what the softplus costs
+                       wherever it is placed
     exp floor (1 op)   XLA exp of B*D*L*N float32 as one op (writes the whole result)
     exp floor (loop)   the same exps in an XLA while loop over L, one (B*D*N) slice a step,
                        summed into a carried vector: the scan's exp work without the rest
@@ -46,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfbrain.layers.selective_scan import (selective_scan,  # noqa: E402
+from tfbrain.layers.selective_scan import (_softplus, selective_scan,  # noqa: E402
                                            selective_scan_channels_last)
 
 DEFAULT_SIZES = ["1,1536,1024,16", "2,384,4096,16", "320,72,256,16", "1,1024,12601,16"]
@@ -156,12 +160,13 @@ def chunk_exp_scan(u, delta, A, B, C, D, z, delta_bias, chunk_size=16):
 def fused_chunk_scan(u, delta, A, B, C, D, z, delta_bias, chunk_size=16, use_elementwise=True):
     """Forward-only candidate, channels last (u, delta, z (Bt, L, D); B, C (Bt, L, N)), one group:
     the pre- and post-processing moved into the chunk loop, so that no full-size pass runs
-    outside it. Kept here, not in the library, because it stays above the 20 ms target
-    (docs/selective_scan.md, "What bounds it"). With `use_elementwise=False` softplus, skip
+    outside it. Kept here, not in the library: it stays above the 20 ms target and would need
+    the softplus, skip and gate gradients inside the hand-written backward for about 1 ms
+    (docs/selective_scan.md, "third attempt"). With `use_elementwise=False` softplus, skip
     and gate are left out: the recurrence floor.
 
     For Bt = 1 the batch axis is dropped (state (N, D), not (N, 1, D)) and the C contraction
-    is a (1, N) @ (N, D) product: measured 2 ms cheaper than with the size-1 axis kept."""
+    is a (1, N) @ (N, D) product, as the library does since issue 16's third attempt."""
     batch, steps, channels = u.shape
     state = A.shape[1]
     chunk = min(chunk_size, steps)
@@ -184,8 +189,8 @@ def fused_chunk_scan(u, delta, A, B, C, D, z, delta_bias, chunk_size=16, use_ele
     def chunk_body(k, h, ys):
         u_k, b_k, c_k = u_c[k], b_c[k], c_c[k]
         d_k = d_c[k] + delta_bias
-        if use_elementwise:  # upstream's softplus, threshold 20, on a (T, [Bt,] D) slice
-            d_k = tf.where(d_k > 20.0, d_k, tf.math.log1p(tf.exp(tf.minimum(d_k, 20.0))))
+        if use_elementwise:  # the library's softplus, threshold 20, on a (T, [Bt,] D) slice
+            d_k = _softplus(d_k)
         y_k = tf.TensorArray(tf.float32, size=chunk, element_shape=lanes)
 
         def step_body(t, h, y_k):
@@ -214,10 +219,9 @@ def fused_chunk_scan(u, delta, A, B, C, D, z, delta_bias, chunk_size=16, use_ele
 
 
 def softplus_one_op(shape):
-    """Upstream's softplus of a `shape` float32 tensor as one XLA op."""
+    """The library's softplus (upstream's threshold 20) of a `shape` float32 tensor as one op."""
     x = tf.constant(np.random.default_rng(0).standard_normal(shape).astype(np.float32) - 3.0)
-    fn = tf.function(lambda x: tf.where(x > 20.0, x, tf.math.log1p(tf.exp(tf.minimum(x, 20.0)))),
-                     jit_compile=True)
+    fn = tf.function(_softplus, jit_compile=True)
     return lambda: fn(x).numpy()
 
 

@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from tests.test_case import TestCase, load_fixture_npz
 from tfbrain.layers import selective_scan as scan_module
-from tfbrain.layers.selective_scan import (selective_scan, selective_scan_channels_last,
-                                           selective_scan_jit)
+from tfbrain.layers.selective_scan import (_softplus, selective_scan,
+                                           selective_scan_channels_last, selective_scan_jit)
 
 SCAN_CASES = [
     "selective_scan_case1_plain_timeinvariant_BC",
@@ -106,10 +106,10 @@ class SelectiveScanParityTest(TestCase):
         self.assertAllClose(np.transpose(actual, [0, 2, 1]), expected, atol=1e-6)
 
 
-def random_inputs(bc_form, is_complex=False, seed=0):
-    """Small inputs: Bt=2, D=6, L=11, N=4 (chunk 4 below: 3 chunks, one padded)."""
+def random_inputs(bc_form, is_complex=False, seed=0, batch=2):
+    """Small inputs: Bt=2 (or `batch`), D=6, L=11, N=4 (chunk 4 below: 3 chunks, one padded)."""
     rng = np.random.default_rng(seed)
-    batch, channels, steps, state = 2, 6, 11, 4
+    channels, steps, state = 6, 11, 4
     normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)
     if is_complex:
         A = (-0.5 - rng.random((channels, state)) + 1j * rng.standard_normal((channels, state)))
@@ -144,17 +144,20 @@ def scan_gradients(fn, inputs, dtype, weights):
 
 
 class SelectiveScanGradientTest(TestCase):
-    def check_gradients(self, bc_form, is_complex=False, jit="auto"):
-        inputs = random_inputs(bc_form, is_complex)
+    def check_gradients(self, bc_form, is_complex=False, jit="auto", batch=2, outer_jit=False):
+        inputs = random_inputs(bc_form, is_complex, batch=batch)
         rng = np.random.default_rng(1)
         out_weight = rng.standard_normal(inputs["u"].shape)
-        last_weight = rng.standard_normal((2, 6, 4))
+        last_weight = rng.standard_normal((batch, 6, 4))
         if is_complex:
-            last_weight = last_weight + 1j * rng.standard_normal((2, 6, 4))
+            last_weight = last_weight + 1j * rng.standard_normal((batch, 6, 4))
 
         def ours(**t):
             return selective_scan(**t, delta_softplus=True, return_last_state=True,
                                   chunk_size=4, jit=jit)
+
+        if outer_jit:  # the caller compiled by XLA: loops inlined, XLA's softplus form
+            ours = tf.function(ours, jit_compile=True)
 
         def reference(**t):
             return reference_scan(**t, delta_softplus=True)
@@ -185,6 +188,71 @@ class SelectiveScanGradientTest(TestCase):
 
     def test_gradients_plain_while_loop(self):
         self.check_gradients("grouped", jit=False)
+
+    def test_gradients_batch_one(self):
+        """Bt = 1 runs the kernel without its batch axis (and without the group axis for
+        one group): the gradients of A and time-invariant B/C are then not summed over Bt."""
+        for bc_form, is_complex in (("variable", False), ("invariant", False),
+                                    ("grouped", False), ("variable", True),
+                                    ("invariant", True)):
+            with self.subTest(bc_form=bc_form, is_complex=is_complex):
+                self.check_gradients(bc_form, is_complex, batch=1)
+
+    def test_gradients_under_outer_jit(self):
+        for batch in (1, 2):
+            with self.subTest(batch=batch):
+                self.check_gradients("variable", batch=batch, outer_jit=True)
+
+    def test_softplus_forms_agree(self):
+        """XLA's softplus (log1p as log(1 + y) * y / ((1 + y) - 1), gradient by hand) against
+        float64, values and gradients, across the threshold and where 1 + e^x rounds to 1."""
+        x = np.concatenate([[-100.0, -30.0, -17.0, -1e-3, 0.0, 1e-3, 19.9, 20.0, 20.5, 40.0],
+                            np.linspace(-25.0, 25.0, 2001)]).astype(np.float32)
+        exact = np.where(x > 20, x, np.log1p(np.exp(np.minimum(x.astype(np.float64), 20))))
+        exact_grad = np.where(x > 20, 1.0, 1.0 / (1.0 + np.exp(-x.astype(np.float64))))
+
+        @tf.function(jit_compile=True)
+        def value_and_grad(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = _softplus(x)
+            return value, tape.gradient(value, x)
+
+        value, grad = value_and_grad(tf.constant(x))
+        self.assertAllClose(value, exact, rtol=1e-6, atol=1e-30)
+        self.assertAllClose(grad, exact_grad, rtol=1e-6, atol=1e-30)
+        self.assertTrue(np.all(np.isfinite(grad)))
+
+    def test_gradients_batch_one_plain_while_loop(self):
+        self.check_gradients("variable", jit=False, batch=1)
+
+    def test_dynamic_batch(self):
+        """An unknown batch keeps the kernel's batch axis; one trace serves Bt = 1 and 2."""
+        spec = lambda shape: tf.TensorSpec((None,) + shape[1:], tf.float32)
+        for bc_form in ("variable", "invariant"):
+            inputs = random_inputs(bc_form)
+            names = ("u", "delta", "z") + (("B", "C") if bc_form == "variable" else ())
+            signature = [spec(inputs[name].shape) for name in names]
+
+            @tf.function(input_signature=signature)
+            def forward_backward(*batched):
+                tensors = {**{k: tf.constant(v) for k, v in inputs.items()},
+                           **dict(zip(names, batched))}
+                with tf.GradientTape() as tape:
+                    tape.watch(tensors["A"])
+                    out = selective_scan(**tensors, delta_softplus=True, chunk_size=4)
+                    loss = tf.reduce_sum(out)
+                return out, tape.gradient(loss, tensors["A"])
+
+            for batch in (1, 2):
+                with self.subTest(bc_form=bc_form, batch=batch):
+                    batched = [inputs[name][:batch] for name in names]
+                    out, grad_a = forward_backward(*batched)
+                    # eagerly, the batch is static: the kernel runs without the axis for Bt = 1
+                    expected_out, expected_grad_a = forward_backward.python_function(
+                        *[tf.constant(x) for x in batched])
+                    self.assertAllClose(out, expected_out, atol=1e-6)
+                    self.assertAllClose(grad_a, expected_grad_a, atol=1e-5)
 
     def test_finite_differences_delta_bias(self):
         """Central differences in float64 on the reference and our float32 gradient agree."""
