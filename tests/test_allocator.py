@@ -28,10 +28,14 @@ def run_probe(package, **env):
     return result.stdout.split()
 
 
-@pytest.mark.parametrize("package", ["tfbrain", "tfrecords_tools", "serving"])
+PACKAGES = ["tfbrain", "tfrecords_tools", "serving"]  # each sets the allocator on its own import
+
+
+@pytest.mark.parametrize("package", PACKAGES)
 def test_import_makes_tensorflow_use_the_bfc_cpu_allocator(package):
     assert run_probe(package) == ["true", "bfc"]
 
 
-def test_an_explicit_allocator_choice_wins():
-    assert run_probe("tfrecords_tools", TF_CPU_ALLOCATOR_USE_BFC="false") == ["false", "default"]
+@pytest.mark.parametrize("package", PACKAGES)
+def test_an_explicit_allocator_choice_wins(package):
+    assert run_probe(package, TF_CPU_ALLOCATOR_USE_BFC="false") == ["false", "default"]

@@ -25,7 +25,9 @@ Letters: B batch, D/H/W space (the NIfTI i/j/k axes of the stored grid), T frame
 """
 
 import json
+import os
 import posixpath
+import uuid
 from typing import Optional
 
 import numpy as np
@@ -240,9 +242,6 @@ def read_json(path: str) -> dict:
 def temp_suffix() -> str:
     """`.tmp-<pid>-<random>`: unique per write, also across machines (Beam workers, and a
     retried or speculative bundle writing the same run on two workers with equal pids)."""
-    import os
-    import uuid
-
     return f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
